@@ -1,0 +1,59 @@
+//! The big/small split of PROTOCOL §1.3: the first `min(3072, floor(3n/10))`
+//! bytes of an encrypted resource are the small part, the rest the big part.
+
+/// The small part never exceeds this many bytes.
+pub const SMALL_PART_MAX: u64 = 3072;
+
+/// Length of the small part of an encrypted resource of `encrypted_len` bytes.
+pub fn small_part_len(encrypted_len: u64) -> u64 {
+    // 3n/10 without overflow for any u64 n: floor(3n/10) = 3*(n/10) + floor(3*(n%10)/10).
+    let three_tenths = 3 * (encrypted_len / 10) + (3 * (encrypted_len % 10)) / 10;
+    three_tenths.min(SMALL_PART_MAX)
+}
+
+/// Length of the big part of an encrypted resource of `encrypted_len` bytes.
+pub fn big_part_len(encrypted_len: u64) -> u64 {
+    encrypted_len - small_part_len(encrypted_len)
+}
+
+/// Splits an encrypted resource held in memory into (small, big).
+pub fn split(encrypted: &[u8]) -> (&[u8], &[u8]) {
+    // small_part_len(n) <= n, so the index is always in range.
+    let at = small_part_len(encrypted.len() as u64) as usize;
+    encrypted.split_at(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn table() {
+        for (n, small) in [
+            (0, 0),
+            (1, 0),
+            (3, 0),
+            (4, 1),
+            (10, 3),
+            (32, 9),
+            (10240, 3072),
+            (10241, 3072),
+        ] {
+            assert_eq!(small_part_len(n), small, "n = {n}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matches_the_naive_formula_and_parts_add_up(n in 0u64..(u64::MAX / 3)) {
+            prop_assert_eq!(small_part_len(n), (3 * n / 10).min(3072));
+            prop_assert_eq!(small_part_len(n) + big_part_len(n), n);
+        }
+
+        #[test]
+        fn never_overflows(n in any::<u64>()) {
+            prop_assert!(small_part_len(n) <= SMALL_PART_MAX.min(n));
+        }
+    }
+}

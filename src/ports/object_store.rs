@@ -1,0 +1,55 @@
+//! The S3 CDN holding big parts (PROTOCOL §3): bucket `{folder}`, key `{name}.big`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::ByteStream;
+use crate::domain::cdn::CdnConfig;
+use crate::domain::names::Folder;
+
+/// An object's bytes as a stream, with the length the store announced.
+pub struct ObjectBody {
+    /// Length of this body (for a ranged read: of the range).
+    pub len: u64,
+    pub stream: ByteStream,
+}
+
+impl std::fmt::Debug for ObjectBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectBody")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the CDN has no object {0}")]
+    NoSuchKey(String),
+    #[error("the CDN has no bucket {0}")]
+    NoSuchBucket(String),
+    #[error("the CDN refused the access keys")]
+    Unauthorized,
+    #[error("the CDN is unreachable: {0}")]
+    Unavailable(String),
+    #[error("the CDN failed: {0}")]
+    Unexpected(String),
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Reads `key` from byte `from` on (0 for the whole object), streamed.
+    /// Errors: `NoSuchKey`, `NoSuchBucket`, `Unauthorized`, `Unavailable`, `Unexpected`.
+    async fn get(&self, bucket: &Folder, key: &str, from: u64) -> Result<ObjectBody, StoreError>;
+
+    /// Writes `key` from a stream of unknown length (multipart for big bodies), replacing
+    /// any old object only once the whole body arrived. Never creates the bucket.
+    /// Errors: `NoSuchBucket`, `Unauthorized`, `Unavailable`, `Unexpected` (also when `body` fails).
+    async fn put(&self, bucket: &Folder, key: &str, body: ByteStream) -> Result<(), StoreError>;
+}
+
+/// Builds an object store from `cdn.yaml`, which arrives only after login.
+pub trait ObjectStoreConnector: Send + Sync {
+    fn connect(&self, cdn: &CdnConfig) -> Result<Arc<dyn ObjectStore>, StoreError>;
+}
