@@ -20,7 +20,7 @@ pub struct CdnConfig {
     pub uploader: S3Keys,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CdnConfigError {
     #[error("cdn.yaml is not valid YAML or lacks a field: {0}")]
     Invalid(String),

@@ -12,3 +12,6 @@ pub mod secret;
 pub mod split;
 pub mod token;
 pub mod unlock;
+
+#[cfg(test)]
+mod vectors;

@@ -1,0 +1,414 @@
+//! Download (F2, PROTOCOL §5.1) and upload (F3, §5.2) of split resources.
+//! Everything streams: a resource of several GiB passes through in constant
+//! memory, decrypted or encrypted chunk by chunk; plaintext never touches
+//! the disk, and the cache only ever holds complete, verified big parts.
+
+use std::io;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use super::session::{CallError, Session, SessionService};
+use crate::domain::cache_record::small_part_digest;
+use crate::domain::cipher::{Decryptor, Encryptor, decrypt};
+use crate::domain::keys::{AesKey, resource_key};
+use crate::domain::names::{Folder, ResourceName};
+use crate::domain::split::{SMALL_PART_MAX, small_part_len};
+use crate::ports::{BigPartCache, ByteStream, CacheLookup, CacheWriter, ObjectStore, StoreError};
+
+/// How often a CDN read cut mid-object is resumed from where it stopped.
+const RESUME_ATTEMPTS: u32 = 3;
+/// Once this much ciphertext is known, the small part is exactly `SMALL_PART_MAX` bytes.
+const SPLIT_KNOWN_AT: usize = (SMALL_PART_MAX as usize * 10).div_ceil(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("resource {0} not found")]
+    NotFound(String),
+    #[error("the small part from the API does not decrypt with this user's key")]
+    SmallPartUndecryptable,
+    #[error("the CDN failed: {0}")]
+    Cdn(StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("the CDN has no bucket {0}")]
+    NoSuchBucket(String),
+    #[error("the upload body could not be read: {0}")]
+    BadBody(String),
+    #[error("the CDN failed: {0}")]
+    Cdn(StoreError),
+}
+
+/// Where the big part of a download came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BigPartSource {
+    Cache,
+    Cdn,
+}
+
+pub struct Download {
+    pub source: BigPartSource,
+    /// Length of the whole ciphertext (small + big).
+    pub ciphertext_len: u64,
+    /// The plaintext; ends with an error if the ciphertext turns out damaged.
+    pub plaintext: ByteStream,
+}
+
+pub struct ResourceService {
+    session: Arc<SessionService>,
+    cache: Arc<dyn BigPartCache>,
+    resource_key: AesKey,
+}
+
+impl ResourceService {
+    pub fn new(session: Arc<SessionService>, cache: Arc<dyn BigPartCache>) -> Self {
+        Self {
+            session,
+            cache,
+            resource_key: AesKey::from_key_string(&resource_key()),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<dyn BigPartCache> {
+        &self.cache
+    }
+
+    /// F2: small part from the API, big part from the cache when it belongs with
+    /// that small part and is intact, else from the CDN (filling the cache).
+    pub async fn download(&self, folder: &Folder, name: &ResourceName) -> Result<Download, LoadError> {
+        let small_name = name.small_part_name();
+        let api = self.session.api().clone();
+        let (small_wire, session) = self
+            .session
+            .call(|s: Arc<Session>| {
+                let (api, folder, small_name) = (api.clone(), folder.clone(), small_name.clone());
+                async move {
+                    api.get_resource(&s.token, Some(&folder), &small_name, &s.credentials.password, &s.device.hardware)
+                        .await
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                CallError::Api(crate::ports::ApiError::NotFound) => LoadError::NotFound(format!("{folder}/{name}")),
+                other => LoadError::Call(other),
+            })?;
+        let small = Bytes::from(decrypt(&session.api_key, &small_wire).map_err(|_| LoadError::SmallPartUndecryptable)?);
+        let digest = small_part_digest(&small);
+
+        match self.cache.open(folder, name, &digest).await {
+            Ok(CacheLookup::Hit(body)) => {
+                tracing::debug!(%folder, %name, "big part from the cache");
+                let total = small.len() as u64 + body.len;
+                return Ok(Download {
+                    source: BigPartSource::Cache,
+                    ciphertext_len: total,
+                    plaintext: decrypting_stream(&self.resource_key, small, body.stream, total, None, None),
+                });
+            }
+            Ok(CacheLookup::Miss) => {}
+            Ok(CacheLookup::Stale) => tracing::info!(%folder, %name, "cached big part is stale; fetching from the CDN"),
+            Ok(CacheLookup::Damaged) => {
+                tracing::warn!(%folder, %name, "cached big part is damaged; fetching from the CDN")
+            }
+            Err(e) => tracing::warn!(%folder, %name, "cache unreadable ({e}); fetching from the CDN"),
+        }
+
+        let key = name.big_part_key();
+        let body = session.store.get(folder, &key, 0).await.map_err(|e| match e {
+            StoreError::NoSuchKey(_) | StoreError::NoSuchBucket(_) => {
+                LoadError::NotFound(format!("{folder}/{name} (no big part in the CDN)"))
+            }
+            other => LoadError::Cdn(other),
+        })?;
+        let writer = match self.cache.create(folder, name, &digest).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(%folder, %name, "not caching the big part: {e}");
+                None
+            }
+        };
+        let total = small.len() as u64 + body.len;
+        let resume = Resume {
+            store: session.store.clone(),
+            bucket: folder.clone(),
+            key,
+            big_len: body.len,
+        };
+        Ok(Download {
+            source: BigPartSource::Cdn,
+            ciphertext_len: total,
+            plaintext: decrypting_stream(&self.resource_key, small, body.stream, total, writer, Some(resume)),
+        })
+    }
+
+    /// F3: encrypts `plaintext` with the resource key, puts the big part in the
+    /// CDN and the cache, then the small part in the API.
+    pub async fn upload(&self, folder: &Folder, name: &ResourceName, mut plaintext: ByteStream) -> Result<u64, UploadError> {
+        let session = self.session.session()?;
+        let mut iv = [0u8; 16];
+        getrandom::fill(&mut iv).map_err(|e| UploadError::Cdn(StoreError::Unexpected(format!("no randomness: {e}"))))?;
+        let mut encryptor = Encryptor::new(&self.resource_key, iv);
+
+        // Encrypt until the split point is known: at most SPLIT_KNOWN_AT bytes are held.
+        let mut head = Vec::with_capacity(SPLIT_KNOWN_AT + 64 * 1024);
+        let mut ended = false;
+        while head.len() < SPLIT_KNOWN_AT {
+            match plaintext.next().await {
+                Some(Ok(chunk)) => encryptor.update(&chunk, &mut head),
+                Some(Err(e)) => return Err(UploadError::BadBody(e.to_string())),
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let mut encryptor = Some(encryptor);
+        if ended && let Some(enc) = encryptor.take() {
+            enc.finish(&mut head);
+        }
+        let small_len = if ended { small_part_len(head.len() as u64) as usize } else { SMALL_PART_MAX as usize };
+        let head = Bytes::from(head);
+        let small = head.slice(..small_len);
+        let big_head = head.slice(small_len..);
+        let digest = small_part_digest(&small);
+
+        let writer = match self.cache.create(folder, name, &digest).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(%folder, %name, "not caching the uploaded big part: {e}");
+                None
+            }
+        };
+        let shared = Arc::new(UploadShared {
+            writer: Mutex::new(writer),
+            input_error: StdMutex::new(None),
+            big_len: StdMutex::new(0),
+        });
+        let big = encrypting_stream(big_head, plaintext, encryptor, shared.clone());
+        let put = session.store.put(folder, &name.big_part_key(), big).await;
+        let input_error = shared.input_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(reason) = input_error {
+            return Err(UploadError::BadBody(reason));
+        }
+        put.map_err(|e| match e {
+            StoreError::NoSuchBucket(b) => UploadError::NoSuchBucket(b),
+            other => UploadError::Cdn(other),
+        })?;
+        if let Some(writer) = shared.writer.lock().await.take()
+            && let Err(e) = writer.commit().await
+        {
+            tracing::warn!(%folder, %name, "uploaded big part not cached: {e}");
+        }
+
+        let small_name = name.small_part_name();
+        let api = self.session.api().clone();
+        self.session
+            .call(|s: Arc<Session>| {
+                let (api, folder, small_name, small) = (api.clone(), folder.clone(), small_name.clone(), small.clone());
+                async move { api.put_resource(&s.token, &folder, &small_name, small).await }
+            })
+            .await?;
+        let big_len = *shared.big_len.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(small.len() as u64 + big_len)
+    }
+}
+
+/// How to pick a CDN read up again after the connection was cut.
+struct Resume {
+    store: Arc<dyn ObjectStore>,
+    bucket: Folder,
+    key: String,
+    big_len: u64,
+}
+
+struct DecryptPump {
+    decryptor: Option<Decryptor>,
+    small: Option<Bytes>,
+    source: ByteStream,
+    writer: Option<Box<dyn CacheWriter>>,
+    resume: Option<Resume>,
+    big_received: u64,
+    attempts: u32,
+    done: bool,
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// `small || big` → plaintext, teeing the big part into `writer` and
+/// committing it only when the whole ciphertext decrypted with valid padding.
+fn decrypting_stream(
+    key: &AesKey,
+    small: Bytes,
+    big: ByteStream,
+    ciphertext_len: u64,
+    writer: Option<Box<dyn CacheWriter>>,
+    resume: Option<Resume>,
+) -> ByteStream {
+    let pump = DecryptPump {
+        decryptor: Some(Decryptor::new(key).with_expected_len(ciphertext_len)),
+        small: Some(small),
+        source: big,
+        writer,
+        resume,
+        big_received: 0,
+        attempts: 0,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(pump, |mut p| async move {
+        if p.done {
+            return None;
+        }
+        loop {
+            let Some(decryptor) = p.decryptor.as_mut() else {
+                return None;
+            };
+            if let Some(small) = p.small.take() {
+                let mut out = Vec::with_capacity(small.len());
+                decryptor.update(&small, &mut out);
+                if out.is_empty() {
+                    continue;
+                }
+                return Some((Ok(Bytes::from(out)), p));
+            }
+            match p.source.next().await {
+                Some(Ok(chunk)) => {
+                    p.big_received += chunk.len() as u64;
+                    let mut out = Vec::with_capacity(chunk.len() + 16);
+                    decryptor.update(&chunk, &mut out);
+                    if let Some(writer) = p.writer.as_mut()
+                        && let Err(e) = writer.write(chunk).await
+                    {
+                        tracing::warn!("stopped caching this big part: {e}");
+                        p.writer = None;
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(Bytes::from(out)), p));
+                }
+                Some(Err(e)) => {
+                    if let Some(r) = p.resume.as_ref()
+                        && p.attempts < RESUME_ATTEMPTS
+                        && p.big_received < r.big_len
+                    {
+                        p.attempts += 1;
+                        tracing::warn!(key = %r.key, at = p.big_received, "CDN read cut ({e}); resuming");
+                        match r.store.get(&r.bucket, &r.key, p.big_received).await {
+                            Ok(body) if body.len == r.big_len - p.big_received => {
+                                p.source = body.stream;
+                                continue;
+                            }
+                            Ok(_) => {
+                                p.done = true;
+                                return Some((Err(invalid("the CDN object changed during the download")), p));
+                            }
+                            Err(again) => {
+                                p.done = true;
+                                return Some((Err(io::Error::other(format!("CDN read failed: {again}"))), p));
+                            }
+                        }
+                    }
+                    p.done = true;
+                    return Some((Err(e), p));
+                }
+                None => {
+                    p.done = true;
+                    let mut out = Vec::with_capacity(16);
+                    let finished = p.decryptor.take().map(|d| d.finish(&mut out));
+                    match finished {
+                        Some(Ok(())) => {
+                            if let Some(writer) = p.writer.take()
+                                && let Err(e) = writer.commit().await
+                            {
+                                tracing::warn!("big part not cached: {e}");
+                            }
+                            if out.is_empty() {
+                                return None;
+                            }
+                            return Some((Ok(Bytes::from(out)), p));
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!("resource does not decrypt: {e}");
+                            return Some((Err(invalid(e)), p));
+                        }
+                        None => return None,
+                    }
+                }
+            }
+        }
+    }))
+}
+
+struct UploadShared {
+    writer: Mutex<Option<Box<dyn CacheWriter>>>,
+    input_error: StdMutex<Option<String>>,
+    big_len: StdMutex<u64>,
+}
+
+struct EncryptPump {
+    head: Option<Bytes>,
+    plaintext: ByteStream,
+    encryptor: Option<Encryptor>,
+    shared: Arc<UploadShared>,
+}
+
+/// The big part: what is left of the head, then the rest of the plaintext
+/// encrypted as it arrives; teed into the cache writer.
+fn encrypting_stream(head: Bytes, plaintext: ByteStream, encryptor: Option<Encryptor>, shared: Arc<UploadShared>) -> ByteStream {
+    let pump = EncryptPump {
+        head: Some(head),
+        plaintext,
+        encryptor,
+        shared,
+    };
+    Box::pin(futures::stream::unfold(pump, |mut p| async move {
+        loop {
+            let chunk = if let Some(head) = p.head.take() {
+                head
+            } else {
+                let encryptor = p.encryptor.as_mut()?;
+                let mut out = Vec::new();
+                match p.plaintext.next().await {
+                    Some(Ok(chunk)) => {
+                        out.reserve(chunk.len() + 16);
+                        encryptor.update(&chunk, &mut out);
+                    }
+                    Some(Err(e)) => {
+                        *p.shared.input_error.lock().unwrap_or_else(|x| x.into_inner()) = Some(e.to_string());
+                        p.encryptor = None;
+                        return Some((Err(e), p));
+                    }
+                    None => {
+                        if let Some(enc) = p.encryptor.take() {
+                            enc.finish(&mut out);
+                        }
+                    }
+                }
+                Bytes::from(out)
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            *p.shared.big_len.lock().unwrap_or_else(|x| x.into_inner()) += chunk.len() as u64;
+            let mut writer = p.shared.writer.lock().await;
+            if let Some(w) = writer.as_mut()
+                && let Err(e) = w.write(chunk.clone()).await
+            {
+                tracing::warn!("stopped caching the uploaded big part: {e}");
+                *writer = None;
+            }
+            drop(writer);
+            return Some((Ok(chunk), p));
+        }
+    }))
+}

@@ -1,0 +1,111 @@
+//! Holds an upload whose `data` field arrived before its `folder` field.
+//! The bytes are encrypted with a one-off key that lives only in memory, into
+//! an unnamed temporary file in the cache folder: no plaintext on disk, and
+//! nothing left behind even after a crash (the file has no name).
+
+use std::io::SeekFrom;
+use std::path::Path;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::domain::cipher::{Decryptor, Encryptor};
+use crate::domain::keys::AesKey;
+use crate::ports::ByteStream;
+
+const CHUNK: usize = 1 << 20;
+
+pub struct Spool {
+    file: tokio::fs::File,
+    key: AesKey,
+    encryptor: Encryptor,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl Spool {
+    pub fn new_in(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let file = tokio::fs::File::from_std(tempfile::tempfile_in(dir)?);
+        let mut key = [0u8; 32];
+        let mut iv = [0u8; 16];
+        getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
+        getrandom::fill(&mut iv).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let key = AesKey::from_bytes(key);
+        Ok(Self {
+            encryptor: Encryptor::new(&key, iv),
+            key,
+            file,
+            buf: Vec::with_capacity(CHUNK + 32),
+            written: 0,
+        })
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.buf.clear();
+        self.encryptor.update(chunk, &mut self.buf);
+        self.file.write_all(&self.buf).await?;
+        self.written += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Ends writing and streams the original bytes back.
+    pub async fn into_stream(mut self) -> std::io::Result<ByteStream> {
+        self.buf.clear();
+        self.encryptor.finish(&mut self.buf);
+        self.file.write_all(&self.buf).await?;
+        self.written += self.buf.len() as u64;
+        self.file.flush().await?;
+        self.file.seek(SeekFrom::Start(0)).await?;
+        let decryptor = Decryptor::new(&self.key).with_expected_len(self.written);
+        let state = (self.file, Some(decryptor));
+        Ok(Box::pin(futures::stream::unfold(state, |(mut file, mut decryptor)| async move {
+            loop {
+                let dec = decryptor.as_mut()?;
+                let mut buf = vec![0u8; CHUNK];
+                let n = match file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => return Some((Err(e), (file, None))),
+                };
+                let mut out = Vec::with_capacity(n + 16);
+                if n == 0 {
+                    let done = decryptor.take().map(|d| d.finish(&mut out));
+                    return match done {
+                        Some(Ok(())) if out.is_empty() => None,
+                        Some(Ok(())) => Some((Ok(Bytes::from(out)), (file, None))),
+                        Some(Err(e)) => Some((Err(std::io::Error::other(format!("spool damaged: {e}"))), (file, None))),
+                        None => None,
+                    };
+                }
+                dec.update(&buf[..n], &mut out);
+                if !out.is_empty() {
+                    return Some((Ok(Bytes::from(out)), (file, decryptor)));
+                }
+            }
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn spooled_bytes_come_back_exactly_and_the_file_holds_no_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::new_in(dir.path()).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        for piece in data.chunks(77_777) {
+            spool.write(piece).await.unwrap();
+        }
+        // The spool file is unnamed: nothing is visible in the folder.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut stream = spool.into_stream().await.unwrap();
+        let mut back = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            back.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(back, data);
+    }
+}

@@ -1,0 +1,270 @@
+//! Unlock (F4/F5, PROTOCOL §6): the encrypted image archive streams from
+//! disk through decryption straight into the container runtime. No plaintext
+//! is written anywhere, memory stays constant, and exactly one run happens at
+//! a time, driven by the domain state machine.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+
+use crate::domain::cipher::Decryptor;
+use crate::domain::keys::AesKey;
+use crate::domain::unlock::{UnlockEvent, UnlockPhase, UnlockState};
+use crate::ports::{ApiError, ByteStream, Clock, ContainerRuntime, Credentials, ResourceApi, RuntimeError};
+
+/// Read size from the archive file.
+const READ_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnlockStartError {
+    #[error("the image archive {0} is missing and the images are not loaded")]
+    ArchiveMissing(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlockProgress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub phase_elapsed: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlockStatus {
+    pub phase: UnlockPhase,
+    pub error: Option<String>,
+    pub progress: UnlockProgress,
+}
+
+pub struct UnlockSettings {
+    pub images_path: PathBuf,
+    pub expected_images: Vec<String>,
+}
+
+struct Machine {
+    state: UnlockState,
+    phase_since: SystemTime,
+}
+
+pub struct UnlockService {
+    api: Arc<dyn ResourceApi>,
+    runtime: Arc<dyn ContainerRuntime>,
+    clock: Arc<dyn Clock>,
+    settings: UnlockSettings,
+    /// Held while deciding whether to start: two unlocks never run at once.
+    starting: Mutex<()>,
+    machine: StdMutex<Machine>,
+    bytes_done: AtomicU64,
+    bytes_total: AtomicU64,
+}
+
+impl UnlockService {
+    pub fn new(
+        api: Arc<dyn ResourceApi>,
+        runtime: Arc<dyn ContainerRuntime>,
+        clock: Arc<dyn Clock>,
+        settings: UnlockSettings,
+    ) -> Self {
+        let now = clock.now();
+        Self {
+            api,
+            runtime,
+            clock,
+            settings,
+            starting: Mutex::new(()),
+            machine: StdMutex::new(Machine {
+                state: UnlockState::idle(),
+                phase_since: now,
+            }),
+            bytes_done: AtomicU64::new(0),
+            bytes_total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn status(&self) -> UnlockStatus {
+        let m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        UnlockStatus {
+            phase: m.state.phase,
+            error: m.state.error.clone(),
+            progress: UnlockProgress {
+                bytes_done: self.bytes_done.load(Ordering::Relaxed),
+                bytes_total: self.bytes_total.load(Ordering::Relaxed),
+                phase_elapsed: self.clock.now().duration_since(m.phase_since).unwrap_or_default(),
+            },
+        }
+    }
+
+    /// Applies an event; a refused one is a bug in the driver, logged and ignored.
+    fn apply(&self, event: UnlockEvent) -> UnlockPhase {
+        let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        match m.state.next(event) {
+            Ok(next) => {
+                if next.phase != m.state.phase {
+                    m.phase_since = self.clock.now();
+                    tracing::info!("unlock: {} → {}", m.state.phase, next.phase);
+                }
+                if let Some(reason) = &next.error {
+                    tracing::warn!("unlock failed: {reason}");
+                }
+                m.state = next;
+            }
+            Err(refused) => tracing::error!("{refused}"),
+        }
+        m.state.phase
+    }
+
+    /// `POST /unlock`: starts a background run if none is running; answers the phase.
+    pub async fn start(self: &Arc<Self>, credentials: Credentials) -> Result<UnlockPhase, UnlockStartError> {
+        let _one = self.starting.lock().await;
+        let current = self.status().phase;
+        if !matches!(current, UnlockPhase::Idle | UnlockPhase::Error) {
+            return Ok(current);
+        }
+        let archive_exists = tokio::fs::metadata(&self.settings.images_path)
+            .await
+            .map(|m| m.is_file())
+            .unwrap_or(false);
+        if !archive_exists {
+            return match self.all_images_present().await {
+                Ok(true) => Ok(self.apply(UnlockEvent::FoundImagesWithoutArchive)),
+                Ok(false) => Err(UnlockStartError::ArchiveMissing(self.settings.images_path.display().to_string())),
+                Err(e) => {
+                    tracing::warn!("cannot check the images: {e}");
+                    Err(UnlockStartError::ArchiveMissing(self.settings.images_path.display().to_string()))
+                }
+            };
+        }
+        self.bytes_done.store(0, Ordering::Relaxed);
+        self.bytes_total.store(0, Ordering::Relaxed);
+        let phase = self.apply(UnlockEvent::Start);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = this.run(credentials).await {
+                this.apply(UnlockEvent::Failed(reason));
+            }
+        });
+        Ok(phase)
+    }
+
+    /// True when there are expected images and every one is present.
+    async fn all_images_present(&self) -> Result<bool, RuntimeError> {
+        if self.settings.expected_images.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.missing_images().await?.is_empty())
+    }
+
+    async fn missing_images(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut missing = Vec::new();
+        for reference in &self.settings.expected_images {
+            if !self.runtime.image_present(reference).await? {
+                missing.push(reference.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn run(self: &Arc<Self>, credentials: Credentials) -> Result<(), String> {
+        if self.all_images_present().await.unwrap_or(false) {
+            self.apply(UnlockEvent::ImagesAlreadyPresent);
+            return Ok(());
+        }
+        let token = self.api.login(&credentials).await.map_err(|e| match e {
+            ApiError::Unauthorized => "login refused: wrong email or password".to_owned(),
+            other => format!("login failed: {other}"),
+        })?;
+        self.apply(UnlockEvent::LoggedIn);
+        let fragment = self
+            .api
+            .key_fragment(&token)
+            .await
+            .map_err(|e| format!("key fragment not available: {e}"))?;
+        let key = AesKey::from_archive_fragment(fragment.expose());
+        drop(fragment);
+
+        let file = tokio::fs::File::open(&self.settings.images_path)
+            .await
+            .map_err(|e| format!("cannot open the archive: {e}"))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| format!("cannot read the archive: {e}"))?
+            .len();
+        self.bytes_total.store(size, Ordering::Relaxed);
+        self.apply(UnlockEvent::KeyFetched);
+
+        let plaintext = self.clone().decrypting_archive(file, key, size);
+        let loaded = self.runtime.load(plaintext).await.map_err(|e| e.to_string())?;
+        tracing::info!("runtime loaded: {}", loaded.join(", "));
+        if self.status().phase == UnlockPhase::Decrypting {
+            // The runtime finished without reading to the end: the archive was not taken whole.
+            return Err("the container runtime stopped reading the archive before its end".into());
+        }
+        let missing = self
+            .missing_images()
+            .await
+            .map_err(|e| format!("cannot check the loaded images: {e}"))?;
+        if !missing.is_empty() {
+            return Err(format!("images missing after the load: {}", missing.join(", ")));
+        }
+        self.apply(UnlockEvent::ImagesVerified);
+        Ok(())
+    }
+
+    /// The archive file → plaintext, with progress; moves to `loading_images`
+    /// once the last byte decrypted with valid padding, else ends in an error.
+    fn decrypting_archive(self: Arc<Self>, file: tokio::fs::File, key: AesKey, size: u64) -> ByteStream {
+        struct Pump {
+            file: tokio::fs::File,
+            decryptor: Option<Decryptor>,
+            service: Arc<UnlockService>,
+        }
+        let pump = Pump {
+            file,
+            decryptor: Some(Decryptor::new(&key).with_expected_len(size)),
+            service: self,
+        };
+        Box::pin(futures::stream::unfold(pump, |mut p| async move {
+            loop {
+                let decryptor = p.decryptor.as_mut()?;
+                let mut buf = vec![0u8; READ_CHUNK];
+                let n = match p.file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        p.decryptor = None;
+                        return Some((Err(e), p));
+                    }
+                };
+                let mut out = Vec::with_capacity(n + 16);
+                if n == 0 {
+                    let result = p.decryptor.take().map(|d| d.finish(&mut out));
+                    return match result {
+                        Some(Ok(())) => {
+                            p.service.apply(UnlockEvent::ArchiveStreamed);
+                            if out.is_empty() { None } else { Some((Ok(Bytes::from(out)), p)) }
+                        }
+                        Some(Err(e)) => Some((
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                format!("the archive does not decrypt: {e}"),
+                            )),
+                            p,
+                        )),
+                        None => None,
+                    };
+                }
+                decryptor.update(&buf[..n], &mut out);
+                p.service.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+                if !out.is_empty() {
+                    return Some((Ok(Bytes::from(out)), p));
+                }
+            }
+        }))
+        .boxed()
+    }
+}

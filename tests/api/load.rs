@@ -1,0 +1,314 @@
+//! F2: download through the loader, with the cache, the CDN and failures.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{FOLDER, TestApp, pattern};
+use azaion_loader::adapters::fakes::FakeRoute;
+use azaion_loader::domain::cache_record::small_part_digest;
+use azaion_loader::ports::{ApiError, StoreError};
+
+#[tokio::test]
+async fn load_returns_the_decrypted_resource_and_fills_the_cache() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(300_000, 1);
+    let (_, big) = app.seed(FOLDER, "model.onnx", &plain);
+    let r = app.load("model.onnx", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(app.cache.data(FOLDER, "model.onnx").unwrap(), big);
+}
+
+#[tokio::test]
+async fn a_second_load_is_served_from_the_cache_without_the_cdn() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(50_000, 2);
+    app.seed(FOLDER, "m.bin", &plain);
+    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), plain);
+    app.store.remove_object(FOLDER, "m.bin.big");
+    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(app.store.gets().len(), 1);
+}
+
+#[tokio::test]
+async fn load_works_for_empty_and_tiny_resources() {
+    let app = TestApp::logged_in().await;
+    for (i, len) in [0usize, 1, 15, 16, 17, 3072, 10_240].into_iter().enumerate() {
+        let name = format!("r{i}.bin");
+        let plain = pattern(len, i as u8);
+        app.seed(FOLDER, &name, &plain);
+        let r = app.load(&name, FOLDER).await;
+        assert_eq!(r.status(), 200, "len {len}");
+        assert_eq!(r.bytes().await.unwrap().to_vec(), plain, "len {len}");
+    }
+}
+
+#[tokio::test]
+async fn a_stale_cached_big_part_is_never_served_and_is_replaced_from_the_cdn() {
+    let app = TestApp::logged_in().await;
+    let old = pattern(40_000, 3);
+    app.seed(FOLDER, "m.bin", &old);
+    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), old);
+    // Re-uploaded elsewhere: new small part at the API, new big part in the CDN.
+    let new = pattern(40_000, 4);
+    let (_, new_big) = app.seed(FOLDER, "m.bin", &new);
+    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), new);
+    assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), new_big);
+}
+
+#[tokio::test]
+async fn a_damaged_cached_big_part_is_never_served_and_is_replaced_from_the_cdn() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(40_000, 5);
+    let (_, big) = app.seed(FOLDER, "m.bin", &plain);
+    app.load("m.bin", FOLDER).await.bytes().await.unwrap();
+    app.cache.damage(FOLDER, "m.bin");
+    assert_ne!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
+    assert_eq!(app.store.gets().len(), 2);
+}
+
+#[tokio::test]
+async fn a_big_part_left_by_an_older_small_part_is_treated_as_stale() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(20_000, 6);
+    let (_, big) = app.seed(FOLDER, "m.bin", &plain);
+    app.cache.insert_raw(FOLDER, "m.bin", small_part_digest(b"some older small part"), big.clone());
+    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(app.store.gets().len(), 1, "the CDN was read instead of the stale entry");
+}
+
+#[tokio::test]
+async fn load_returns_404_when_the_cdn_has_no_big_part() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(20_000, 7));
+    app.store.remove_object(FOLDER, "m.bin.big");
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 404);
+    assert!(TestApp::json(r).await["detail"].as_str().unwrap().contains("m.bin"));
+    assert!(!app.cache.contains(FOLDER, "m.bin"));
+}
+
+#[tokio::test]
+async fn load_returns_404_when_the_api_has_no_small_part() {
+    let app = TestApp::logged_in().await;
+    assert_eq!(app.load("missing.bin", FOLDER).await.status(), 404);
+}
+
+#[tokio::test]
+async fn load_returns_401_before_login() {
+    let app = TestApp::spawn().await;
+    app.seed(FOLDER, "m.bin", &pattern(100, 8));
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 401);
+    assert!(TestApp::json(r).await["detail"].as_str().unwrap().contains("login"));
+}
+
+#[tokio::test]
+async fn load_returns_403_when_the_api_refuses_the_device() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(100, 9));
+    app.api.fail_next(FakeRoute::GetResource, 1, ApiError::DeviceMismatch);
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 403);
+}
+
+#[tokio::test]
+async fn load_returns_5xx_when_the_api_fails() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(100, 10));
+    app.api.fail_next(FakeRoute::GetResource, 1, ApiError::Upstream { status: 500 });
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 502);
+    app.api.fail_next(FakeRoute::GetResource, 1, ApiError::Unavailable("down".into()));
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 503);
+}
+
+#[tokio::test]
+async fn load_returns_5xx_when_the_cdn_fails() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(20_000, 11));
+    app.store.fail_next_gets(1, StoreError::Unavailable("down".into()));
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 503);
+    assert!(!app.cache.contains(FOLDER, "m.bin"));
+}
+
+#[tokio::test]
+async fn an_expired_token_is_renewed_once_and_the_load_succeeds() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(5_000, 12);
+    app.seed(FOLDER, "m.bin", &plain);
+    app.api.expire_tokens();
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(app.api.calls(FakeRoute::Login), 2);
+    assert_eq!(app.api.calls(FakeRoute::GetResource), 3, "cdn.yaml, refused call, repeated call");
+    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], true);
+}
+
+#[tokio::test]
+async fn a_second_refusal_after_renewal_answers_401_and_status_turns_unauthenticated() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(100, 13));
+    app.api.fail_next(FakeRoute::GetResource, 2, ApiError::Unauthorized);
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 401);
+    assert_eq!(app.api.calls(FakeRoute::Login), 2, "exactly one renewal");
+    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], false);
+}
+
+#[tokio::test]
+async fn a_renewal_refused_by_the_api_logs_out() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(100, 14));
+    app.api.expire_tokens();
+    app.api.add_user(crate::support::EMAIL, "password changed");
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 401);
+    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], false);
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_downloads_are_byte_exact() {
+    let app = TestApp::logged_in().await;
+    let mut expected = Vec::new();
+    for i in 0..4u8 {
+        let plain = pattern(200_000 + i as usize * 1000, i);
+        app.seed(FOLDER, &format!("c{i}.bin"), &plain);
+        expected.push(plain);
+    }
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for n in 0..16usize {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let i = n % 4;
+            let r = app.load(&format!("c{i}.bin"), FOLDER).await;
+            assert_eq!(r.status(), 200);
+            (i, r.bytes().await.unwrap().to_vec())
+        }));
+    }
+    for t in tasks {
+        let (i, body) = t.await.unwrap();
+        assert_eq!(body, expected[i]);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_an_expired_token_renew_it_once() {
+    let app = std::sync::Arc::new(TestApp::logged_in().await);
+    app.seed(FOLDER, "m.bin", &pattern(1000, 15));
+    app.api.expire_tokens();
+    app.api.stall_next(FakeRoute::Login, 1, Duration::from_millis(100));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move { app.load("m.bin", FOLDER).await.status() }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(app.api.calls(FakeRoute::Login), 2);
+}
+
+#[tokio::test]
+async fn a_cdn_read_cut_midway_resumes_from_where_it_stopped() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(500_000, 16);
+    let (_, big) = app.seed(FOLDER, "m.bin", &plain);
+    app.store.cut_next_read(100_000);
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(app.store.gets(), vec![("m.bin.big".to_owned(), 0), ("m.bin.big".to_owned(), 100_000)]);
+    assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
+}
+
+#[tokio::test]
+async fn a_damaged_cdn_big_part_ends_the_body_in_an_error_and_is_not_cached() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(30_000, 17);
+    let (_, big) = app.seed(FOLDER, "m.bin", &plain);
+    let mut bad = big.to_vec();
+    let n = bad.len();
+    bad[n - 20] ^= 0xff; // the second-to-last block: garbles the padding
+    app.store.put_object(FOLDER, "m.bin.big", bad);
+    // The damage shows only at the end, after the headers may have gone out: the
+    // client must see the transfer fail (at the request or in the body), never a clean end.
+    let sent = app
+        .client
+        .post(app.url("/load/m.bin"))
+        .json(&json!({"folder": FOLDER}))
+        .send()
+        .await;
+    match sent {
+        Ok(r) => assert!(r.bytes().await.is_err(), "the body must not end cleanly"),
+        Err(e) => assert!(!e.is_status(), "{e}"),
+    }
+    assert!(!app.cache.contains(FOLDER, "m.bin"));
+}
+
+#[tokio::test]
+async fn a_full_cache_disk_still_serves_from_the_cdn() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(30_000, 18);
+    app.seed(FOLDER, "m.bin", &plain);
+    app.cache.set_fail_writes(true);
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    assert!(!app.cache.contains(FOLDER, "m.bin"));
+}
+
+#[tokio::test]
+async fn bad_names_and_folders_answer_400_before_any_io() {
+    let app = TestApp::logged_in().await;
+    let calls_before = app.api.calls(FakeRoute::GetResource);
+    for (name, folder) in [
+        ("a%00b", FOLDER),
+        ("a%2Fb", FOLDER),
+        ("a%5Cb", FOLDER),
+        ("bad%20name", FOLDER),
+        ("ok.bin", "Bad_Folder"),
+        ("ok.bin", "ab"),
+        ("ok.bin", "192.168.0.1"),
+        ("ok.bin", "../etc"),
+        ("ok.bin", ""),
+    ] {
+        let r = app.post_json(&format!("/load/{name}"), json!({"folder": folder})).await;
+        assert_eq!(r.status(), 400, "{name} in {folder}");
+        assert!(TestApp::json(r).await["detail"].is_string());
+    }
+    let long = "a".repeat(201);
+    assert_eq!(app.post_json(&format!("/load/{long}"), json!({"folder": FOLDER})).await.status(), 400);
+    assert_eq!(app.api.calls(FakeRoute::GetResource), calls_before);
+    assert!(app.store.gets().is_empty());
+}
+
+#[tokio::test]
+async fn a_body_filename_that_differs_from_the_path_answers_400() {
+    let app = TestApp::logged_in().await;
+    let r = app.post_json("/load/a.bin", json!({"filename": "b.bin", "folder": FOLDER})).await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn shape_is_checked_before_names_and_names_before_login() {
+    let app = TestApp::spawn().await;
+    // Not logged in, bad name, malformed body → 422 (shape first).
+    assert_eq!(app.post_json("/load/a%20b", json!({"nofolder": 1})).await.status(), 422);
+    // Not logged in, bad name, good shape → 400 (names before login).
+    assert_eq!(app.post_json("/load/a%20b", json!({"folder": FOLDER})).await.status(), 400);
+    // Not logged in, good everything → 401.
+    assert_eq!(app.post_json("/load/a.bin", json!({"folder": FOLDER})).await.status(), 401);
+}
+
+#[tokio::test]
+async fn an_oversized_json_body_is_refused() {
+    let app = TestApp::spawn().await;
+    let huge = "x".repeat(200_000);
+    let r = app.post_json("/load/a.bin", json!({"folder": FOLDER, "pad": huge})).await;
+    assert_eq!(r.status(), 413);
+}

@@ -1,0 +1,200 @@
+//! Spawns the loader with in-memory fakes behind every port on a free port
+//! and offers request helpers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use azaion_loader::adapters::fakes::{
+    FakeCache, FakeClock, FakeHardware, FakeObjectStore, FakeObjectStoreConnector, FakeResourceApi, FakeRuntime,
+};
+use azaion_loader::app::config::Config;
+use azaion_loader::app::{Application, Ports};
+use azaion_loader::domain::cdn::{CdnConfig, S3Keys};
+use azaion_loader::domain::cipher::encrypt;
+use azaion_loader::domain::keys::{AesKey, resource_key};
+use azaion_loader::domain::split::split;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub const EMAIL: &str = "operator@azaion.com";
+pub const PASSWORD: &str = "s3cr3t!";
+pub const FOLDER: &str = "models";
+
+pub struct TestApp {
+    pub base: String,
+    pub api: Arc<FakeResourceApi>,
+    pub store: Arc<FakeObjectStore>,
+    pub connector: Arc<FakeObjectStoreConnector>,
+    pub cache: FakeCache,
+    pub hardware: Arc<FakeHardware>,
+    pub runtime: Arc<FakeRuntime>,
+    pub clock: Arc<FakeClock>,
+    pub client: reqwest::Client,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    _shutdown: oneshot::Sender<()>,
+}
+
+pub fn cdn_config() -> CdnConfig {
+    CdnConfig {
+        host: "http://127.0.0.1:9".into(),
+        region: "us-east-1".into(),
+        downloader: S3Keys {
+            access_key: "reader".into(),
+            secret_key: "reader-secret".into(),
+        },
+        uploader: S3Keys {
+            access_key: "writer".into(),
+            secret_key: "writer-secret".into(),
+        },
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::defaults();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.model_cache_dir = dir.path().join("cache");
+        config.images_path = dir.path().join("images").join("images.enc");
+        adjust(&mut config);
+
+        let api = Arc::new(FakeResourceApi::new());
+        api.add_user(EMAIL, PASSWORD);
+        api.put_file(None, "cdn.yaml", cdn_config().to_yaml().into_bytes());
+        let store = Arc::new(FakeObjectStore::new());
+        store.create_bucket(FOLDER);
+        let connector = Arc::new(FakeObjectStoreConnector::new(store.clone()));
+        let cache = FakeCache::new();
+        let hardware = Arc::new(FakeHardware::default());
+        let runtime = Arc::new(FakeRuntime::new());
+        let clock = Arc::new(FakeClock::default());
+        let ports = Ports {
+            api: api.clone(),
+            cdn: connector.clone(),
+            cache: Arc::new(cache.clone()),
+            hardware: hardware.clone(),
+            runtime: runtime.clone(),
+            clock: clock.clone(),
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let app = Application::build(&config, ports).await.expect("app builds");
+        let addr = app.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(app.serve(async {
+            let _ = rx.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            api,
+            store,
+            connector,
+            cache,
+            hardware,
+            runtime,
+            clock,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            config,
+            dir,
+            _shutdown: tx,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(&body).send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn login(&self) -> reqwest::Response {
+        self.post_json("/login", json!({"email": EMAIL, "password": PASSWORD})).await
+    }
+
+    pub async fn logged_in() -> Self {
+        let app = Self::spawn().await;
+        let r = app.login().await;
+        assert_eq!(r.status(), 200, "login: {}", r.text().await.unwrap_or_default());
+        app
+    }
+
+    pub async fn load(&self, name: &str, folder: &str) -> reqwest::Response {
+        self.post_json(&format!("/load/{name}"), json!({"filename": name, "folder": folder})).await
+    }
+
+    pub async fn upload(&self, name: &str, folder: &str, data: Vec<u8>) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new()
+            .text("folder", folder.to_owned())
+            .part("data", reqwest::multipart::Part::bytes(data).file_name(name.to_owned()));
+        self.client
+            .post(self.url(&format!("/upload/{name}")))
+            .multipart(form)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Puts a resource where an earlier upload would have: small part at the API, big part in the CDN.
+    /// Returns the (small, big) parts.
+    pub fn seed(&self, folder: &str, name: &str, plaintext: &[u8]) -> (Bytes, Bytes) {
+        let mut iv = [0u8; 16];
+        getrandom::fill(&mut iv).unwrap();
+        let encrypted = encrypt(&AesKey::from_key_string(&resource_key()), iv, plaintext);
+        let (small, big) = split(&encrypted);
+        let (small, big) = (Bytes::copy_from_slice(small), Bytes::copy_from_slice(big));
+        self.api.put_file(Some(folder), &format!("{name}.small"), small.clone());
+        self.store.put_object(folder, &format!("{name}.big"), big.clone());
+        (small, big)
+    }
+
+    pub async fn json(r: reqwest::Response) -> Value {
+        r.json().await.expect("JSON body")
+    }
+
+    /// Polls `/unlock/status` until the state is one of `states` (or 10 s pass).
+    pub async fn wait_unlock(&self, states: &[&str]) -> Value {
+        for _ in 0..1000 {
+            let v = Self::json(self.get("/unlock/status").await).await;
+            if states.contains(&v["state"].as_str().unwrap_or_default()) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("unlock never reached {states:?}");
+    }
+
+    /// Files under the test folder outside the cache folder (nothing should be written there).
+    pub fn files_outside_cache(&self) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.dir.path().to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.starts_with(&self.config.model_cache_dir) {
+                    continue;
+                }
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+}
+
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
