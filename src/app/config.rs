@@ -68,6 +68,58 @@ impl Config {
     }
 }
 
+/// The settings of `serve`, from flags or the environment variables of §7.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve on. Keep it on loopback unless clients on other hosts must reach it.
+    #[arg(long, env = "LOADER_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Resource API base URL.
+    #[arg(long, env = "RESOURCE_API_URL", default_value = DEFAULT_RESOURCE_API_URL)]
+    pub resource_api_url: String,
+    /// Local cache of big parts [default: ./cache].
+    #[arg(long, env = "MODEL_CACHE_DIR")]
+    pub model_cache_dir: Option<PathBuf>,
+    /// Cache size limit in bytes; least recently used entries are evicted beyond it.
+    #[arg(long, env = "MODEL_CACHE_MAX_BYTES")]
+    pub cache_max_bytes: Option<u64>,
+    /// Encrypted image archive.
+    #[arg(long, env = "IMAGES_PATH", default_value = DEFAULT_IMAGES_PATH)]
+    pub images_path: PathBuf,
+    /// Expected images, comma-separated `repository:tag`.
+    #[arg(long, env = "LOADER_IMAGES", default_value = "")]
+    pub images: String,
+    /// Container runtime endpoint [default: the runtime's own default socket].
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// How to talk to Docker.
+    #[arg(long, env = "LOADER_RUNTIME", value_enum, default_value_t = RuntimeKind::Bollard)]
+    pub runtime: RuntimeKind,
+    /// Seconds allowed to connect to the Resource API.
+    #[arg(long, env = "API_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
+    pub api_connect_timeout_secs: u64,
+    /// Seconds allowed for one Resource API call.
+    #[arg(long, env = "API_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
+    pub api_request_timeout_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Config {
+        Config {
+            listen: self.listen,
+            resource_api_url: self.resource_api_url,
+            model_cache_dir: absolute(self.model_cache_dir.unwrap_or_else(|| PathBuf::from("cache"))),
+            cache_max_bytes: self.cache_max_bytes,
+            images_path: self.images_path,
+            expected_images: parse_image_list(&self.images),
+            docker_host: self.docker_host.filter(|h| !h.is_empty()),
+            runtime: self.runtime,
+            api_connect_timeout: Duration::from_secs(self.api_connect_timeout_secs),
+            api_request_timeout: Duration::from_secs(self.api_request_timeout_secs),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

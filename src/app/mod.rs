@@ -1,7 +1,9 @@
 //! The application: use cases (session, resources, unlock), configuration,
 //! and the composition root that wires adapters to ports and serves HTTP.
 
+pub mod compose;
 pub mod config;
+pub mod dev;
 pub mod resources;
 pub mod session;
 pub mod spool;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, setting up what it needs on a fresh machine:
+# a private Docker daemon for the Docker tests (Debian's docker.io is
+# installed when no dockerd is on PATH). Where no daemon can be had, the
+# Docker tests skip with a printed reason - unless CI=true or
+# AZAION_REQUIRE_DOCKER=1, where they must run.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh api        # extra arguments go to `cargo test` (a filter, --test api, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${CI:-}" = "true" ]; then
+    export AZAION_REQUIRE_DOCKER=1
+fi
+
+docker_dir=""
+cleanup() {
+    if [ -n "$docker_dir" ]; then
+        scripts/docker-daemon.sh stop "$docker_dir" || true
+    fi
+}
+trap cleanup EXIT
+
+if [ -z "${DOCKER_HOST:-}" ] && [ "${AZAION_SKIP_DOCKER_SETUP:-}" != "1" ]; then
+    docker_dir="$(mktemp -d /tmp/azaion-docker.XXXXXX)"
+    if exports="$(scripts/docker-daemon.sh start "$docker_dir")"; then
+        eval "$exports"
+        echo "test.sh: private Docker daemon at $DOCKER_HOST"
+    else
+        echo "test.sh: no Docker daemon could be started; Docker tests will skip (or fail where required)" >&2
+        rmdir "$docker_dir" 2>/dev/null || true
+        docker_dir=""
+    fi
+fi
+
+cargo test --locked --all-targets "$@"
