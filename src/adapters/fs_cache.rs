@@ -1,1 +1,1389 @@
-//! (being written)
+//! The local cache of big parts on the filesystem: one file per entry, a
+//! checksummed header then the bytes. It must never serve a byte before the
+//! whole entry passed its checksum, never expose a half-written entry, and
+//! never write outside its root.
+//!
+//! Layout: `{root}/{folder}/{name}.big` = `CacheRecord` header
+//! (`RECORD_LEN` bytes) || big part. Writers fill
+//! `{root}/{folder}/.{name}.big.tmp-<random>` and rename it into place once it
+//! is durable; a crash leaves only such temporary files, removed when the
+//! cache is next opened.
+//!
+//! Symlinks: the root may be one (it is canonicalised once), but nothing
+//! below it is followed. A `{root}/{folder}` that is not a real directory is
+//! a miss for `open` and `remove`, and is replaced by a real directory by
+//! `create`; an entry path that is not a regular file is damaged.
+//!
+//! Size limit: usage counts the bytes of entry files on disk (header
+//! included). After each commit the least recently used entries (by file
+//! mtime, set on every commit and every hit) are evicted until usage fits,
+//! skipping entries being read and the entry just committed. An entry larger
+//! than the whole limit is not kept at all: its writer stops writing to disk
+//! as soon as it outgrows the limit, and `commit` discards it with a warning
+//! (it still returns `Ok`: a cache may decline to keep something). An entry
+//! that fits the limit but not beside entries being read is kept, with a
+//! warning; the next commit evicts again.
+
+use std::collections::HashMap;
+use std::fs::{self, DirBuilder, File, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tempfile::NamedTempFile;
+
+use crate::domain::cache_record::{BigPartChecksum, CacheRecord, RECORD_LEN};
+use crate::domain::names::{Folder, ResourceName};
+use crate::ports::{
+    BigPartCache, ByteStream, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry,
+    ObjectBody,
+};
+
+/// Reads of a cached big part (checking and serving) go in chunks this big.
+const READ_CHUNK: usize = 1 << 20;
+/// A writer gathers small incoming chunks up to this size before one write.
+const WRITE_BATCH: usize = 1 << 20;
+const ENTRY_SUFFIX: &str = ".big";
+/// Marks a temporary file: `.{name}.big.tmp-<random>`.
+const TEMP_MARK: &str = ".big.tmp-";
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+/// How often `open` re-inspects an entry that was replaced while it looked at it.
+const INSPECT_ATTEMPTS: usize = 3;
+
+/// `(folder, name)` of an entry.
+type EntryKey = (String, String);
+
+fn entry_key(folder: &Folder, name: &ResourceName) -> EntryKey {
+    (folder.as_str().to_owned(), name.as_str().to_owned())
+}
+
+/// A big-part cache in a directory. Cheap to share: hold it as `Arc<dyn BigPartCache>`.
+pub struct FsBigPartCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    root: PathBuf,
+    max_bytes: Option<u64>,
+    /// Open readers per entry. Its lock also covers every change of a final
+    /// entry name (rename into place, removal), so that "is it read? is it
+    /// still the same file?" and the change happen as one step.
+    names: Mutex<HashMap<EntryKey, usize>>,
+    /// Serialises commits (rename and eviction), so two commits never evict
+    /// each other's fresh entry.
+    commits: Mutex<()>,
+}
+
+impl std::fmt::Debug for FsBigPartCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsBigPartCache")
+            .field("root", &self.shared.root)
+            .field("max_bytes", &self.shared.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lock whose holder panicked is still usable: the maps it guards stay
+/// consistent between statements.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn io_error(context: &str, path: &Path, e: &io::Error) -> CacheError {
+    CacheError::Io(format!("{context} {}: {e}", path.display()))
+}
+
+fn join_error(e: tokio::task::JoinError) -> CacheError {
+    CacheError::Io(format!("a cache task failed: {e}"))
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T, F>(work: F) -> Result<T, CacheError>
+where
+    F: FnOnce() -> Result<T, CacheError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(join_error)?
+}
+
+impl FsBigPartCache {
+    /// Opens (creating it with mode 0700 if missing) the cache at `root`,
+    /// removes temporary files a crash left behind, evicts down to
+    /// `max_bytes` if the limit shrank, and logs the usage.
+    ///
+    /// Synchronous on purpose: it runs once at start, before serving, and can
+    /// be called from sync or async code alike (it touches only the cache's
+    /// own directories).
+    pub fn open(root: PathBuf, max_bytes: Option<u64>) -> Result<Self, CacheError> {
+        match fs::symlink_metadata(&root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(&root)
+                    .map_err(|e| io_error("cannot create the cache folder", &root, &e))?;
+                fs::set_permissions(&root, Permissions::from_mode(DIR_MODE))
+                    .map_err(|e| io_error("cannot restrict the cache folder", &root, &e))?;
+            }
+            Err(e) => return Err(io_error("cannot read the cache folder", &root, &e)),
+            Ok(_) => {}
+        }
+        let root = fs::canonicalize(&root)
+            .map_err(|e| io_error("cannot resolve the cache folder", &root, &e))?;
+        let meta =
+            fs::metadata(&root).map_err(|e| io_error("cannot read the cache folder", &root, &e))?;
+        if !meta.is_dir() {
+            return Err(CacheError::Io(format!(
+                "the cache folder {} is not a directory",
+                root.display()
+            )));
+        }
+        remove_leftover_temp_files(&root)
+            .map_err(|e| io_error("cannot clean the cache folder", &root, &e))?;
+        let shared = Arc::new(Shared {
+            root,
+            max_bytes,
+            names: Mutex::new(HashMap::new()),
+            commits: Mutex::new(()),
+        });
+        if let Some(limit) = max_bytes {
+            evict_to_fit(&shared, limit, None)
+                .map_err(|e| io_error("cannot evict from the cache folder", &shared.root, &e))?;
+        }
+        let usage = shared.usage()?;
+        tracing::info!(
+            root = %shared.root.display(),
+            bytes = usage.bytes,
+            entries = usage.entries,
+            limit = ?usage.limit,
+            "big-part cache opened"
+        );
+        Ok(Self { shared })
+    }
+
+    /// The cache folder, canonical and absolute (what `/status` reports).
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+}
+
+impl Shared {
+    fn folder_dir(&self, folder: &Folder) -> PathBuf {
+        self.root.join(folder.as_str())
+    }
+
+    fn entry_path(&self, folder: &Folder, name: &ResourceName) -> PathBuf {
+        self.folder_dir(folder)
+            .join(format!("{}{ENTRY_SUFFIX}", name.as_str()))
+    }
+
+    fn usage(&self) -> Result<CacheUsage, CacheError> {
+        let entries = scan(&self.root)
+            .map_err(|e| io_error("cannot list the cache folder", &self.root, &e))?;
+        Ok(CacheUsage {
+            bytes: entries.iter().map(|e| e.bytes).sum(),
+            entries: entries.len() as u64,
+            limit: self.max_bytes,
+        })
+    }
+}
+
+fn is_temp_name(file_name: &str) -> bool {
+    file_name.starts_with('.')
+        && file_name.contains(TEMP_MARK)
+        && !file_name.ends_with(ENTRY_SUFFIX)
+}
+
+/// A fresh name beside `entry` under which it can be moved aside (a temp
+/// name, so a crash before its deletion leaves nothing the cache would read).
+fn aside_path(entry: &Path) -> PathBuf {
+    let mut random = [0u8; 8];
+    if getrandom::fill(&mut random).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        random = (nanos as u64).to_le_bytes();
+    }
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let file_name = entry
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    entry.with_file_name(format!(".{file_name}.tmp-gone{suffix}"))
+}
+
+/// Deletes what lies at `path` without following it (a symlink goes, not its target).
+fn delete_path(path: &Path) -> io::Result<()> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes the entry at `path` if it still is the file `(dev, ino)` and, when
+/// `only_unread`, nobody reads it. The rename aside happens under the names
+/// lock; the (possibly slow) deletion of gigabytes after it.
+/// Returns whether it removed something.
+fn remove_if_same(
+    shared: &Shared,
+    key: &EntryKey,
+    path: &Path,
+    identity: (u64, u64),
+    only_unread: bool,
+) -> io::Result<bool> {
+    let aside = {
+        let names = lock(&shared.names);
+        if only_unread && names.get(key).is_some_and(|&readers| readers > 0) {
+            return Ok(false);
+        }
+        match fs::symlink_metadata(path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == identity => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let aside = aside_path(path);
+        fs::rename(path, &aside)?;
+        aside
+    };
+    delete_path(&aside)?;
+    Ok(true)
+}
+
+/// Removes the entry at `path`, whatever it is, even while it is read (an
+/// open reader keeps its bytes until it closes them).
+fn remove_entry(shared: &Shared, path: &Path) -> io::Result<()> {
+    let aside = {
+        let _names = lock(&shared.names);
+        match fs::symlink_metadata(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let aside = aside_path(path);
+        fs::rename(path, &aside)?;
+        aside
+    };
+    delete_path(&aside)
+}
+
+/// Removes temporary files in the root and in each real folder directory
+/// (the only places the cache makes them).
+fn remove_leftover_temp_files(root: &Path) -> io::Result<()> {
+    let mut dirs = vec![root.to_path_buf()];
+    for dent in fs::read_dir(root)? {
+        let dent = dent?;
+        if dent.file_type()?.is_dir() {
+            dirs.push(dent.path());
+        }
+    }
+    for dir in dirs {
+        let listing = match fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for dent in listing {
+            let dent = dent?;
+            let name = dent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if is_temp_name(name) && !dent.file_type()?.is_dir() {
+                tracing::info!(file = %dent.path().display(), "removing a temporary cache file left by a crash");
+                match fs::remove_file(dent.path()) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An entry file found on disk.
+struct Scanned {
+    key: EntryKey,
+    path: PathBuf,
+    bytes: u64,
+    modified: SystemTime,
+    identity: (u64, u64),
+}
+
+/// Lists the entry files: regular files named `{valid name}.big` in real
+/// directories named as valid folders. Anything else is not the cache's.
+fn scan(root: &Path) -> io::Result<Vec<Scanned>> {
+    let mut found = Vec::new();
+    for dent in fs::read_dir(root)? {
+        let dent = dent?;
+        let Some(folder) = dent.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if Folder::parse(&folder).is_err() || !dent.file_type()?.is_dir() {
+            continue;
+        }
+        let listing = match fs::read_dir(dent.path()) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for file in listing {
+            let file = file?;
+            let file_name = file.file_name();
+            let Some(name) = file_name
+                .to_str()
+                .and_then(|n| n.strip_suffix(ENTRY_SUFFIX))
+            else {
+                continue;
+            };
+            if ResourceName::parse(name).is_err() {
+                continue;
+            }
+            let meta = match file.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if !meta.file_type().is_file() {
+                continue;
+            }
+            found.push(Scanned {
+                key: (folder.clone(), name.to_owned()),
+                path: file.path(),
+                bytes: meta.len(),
+                modified: meta.modified()?,
+                identity: (meta.dev(), meta.ino()),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Evicts least recently used entries until usage ≤ `limit`, never one being
+/// read and never `keep`.
+fn evict_to_fit(shared: &Shared, limit: u64, keep: Option<&EntryKey>) -> io::Result<()> {
+    let mut entries = scan(&shared.root)?;
+    let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+    if total <= limit {
+        return Ok(());
+    }
+    entries.sort_by(|a, b| (a.modified, &a.key).cmp(&(b.modified, &b.key)));
+    for entry in &entries {
+        if total <= limit {
+            break;
+        }
+        if keep == Some(&entry.key) {
+            continue;
+        }
+        if remove_if_same(shared, &entry.key, &entry.path, entry.identity, true)? {
+            total = total.saturating_sub(entry.bytes);
+            tracing::info!(
+                folder = %entry.key.0,
+                name = %entry.key.1,
+                bytes = entry.bytes,
+                "evicted a big part from the cache"
+            );
+        }
+    }
+    if total > limit {
+        tracing::warn!(
+            bytes = total,
+            limit,
+            "the cache stays over its size limit: the other entries are being read"
+        );
+    }
+    Ok(())
+}
+
+/// Makes a real `{root}/{folder}` directory, replacing a symlink or file there.
+fn ensure_folder_dir(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => {
+            tracing::warn!(path = %dir.display(), "replacing a cache folder that is not a real directory");
+            delete_path(dir)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Another writer made it a moment ago; it must be a real directory.
+            if fs::symlink_metadata(dir)?.is_dir() {
+                Ok(())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "the cache folder is not a directory",
+                ))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Registers a reader of an entry for as long as it lives, so eviction leaves
+/// the entry alone.
+struct ReaderGuard {
+    shared: Arc<Shared>,
+    key: EntryKey,
+}
+
+impl ReaderGuard {
+    fn register(shared: &Arc<Shared>, key: EntryKey) -> Self {
+        *lock(&shared.names).entry(key.clone()).or_insert(0) += 1;
+        Self {
+            shared: shared.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        let mut names = lock(&self.shared.names);
+        if let Some(readers) = names.get_mut(&self.key) {
+            *readers = readers.saturating_sub(1);
+            if *readers == 0 {
+                names.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What inspecting an entry found.
+enum Verdict {
+    Miss,
+    Stale,
+    Damaged,
+    /// Replaced while inspected; look again.
+    Replaced,
+    Intact {
+        file: File,
+        record: CacheRecord,
+    },
+}
+
+/// Checks the entry at `path` completely (header, digest, length, checksum)
+/// and removes it when stale or damaged.
+fn inspect(
+    shared: &Shared,
+    key: &EntryKey,
+    folder_dir: &Path,
+    path: &Path,
+    small_digest: &[u8; 32],
+) -> Result<Verdict, CacheError> {
+    match fs::symlink_metadata(folder_dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Ok(Verdict::Miss),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Miss),
+        Err(e) => return Err(io_error("cannot read", folder_dir, &e)),
+    }
+    let link = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Miss),
+        Err(e) => return Err(io_error("cannot read", path, &e)),
+    };
+    let link_identity = (link.dev(), link.ino());
+    let damaged = |identity: (u64, u64), reason: &str| -> Result<Verdict, CacheError> {
+        tracing::warn!(file = %path.display(), reason, "removing a damaged cached big part");
+        remove_if_same(shared, key, path, identity, false)
+            .map_err(|e| io_error("cannot remove the damaged", path, &e))?;
+        Ok(Verdict::Damaged)
+    };
+    if !link.file_type().is_file() {
+        return damaged(link_identity, "not a regular file");
+    }
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Replaced),
+        Err(e) => return damaged(link_identity, &format!("cannot open it: {e}")),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| io_error("cannot read", path, &e))?;
+    let identity = (meta.dev(), meta.ino());
+    if identity != link_identity || !meta.file_type().is_file() {
+        return Ok(Verdict::Replaced);
+    }
+
+    let mut header = [0u8; RECORD_LEN];
+    if let Err(e) = file.read_exact(&mut header) {
+        return damaged(identity, &format!("cannot read its header: {e}"));
+    }
+    let Ok(record) = CacheRecord::decode(&header) else {
+        return damaged(identity, "malformed header");
+    };
+    if &record.small_digest != small_digest {
+        tracing::info!(file = %path.display(), "removing a cached big part of an older small part");
+        remove_if_same(shared, key, path, identity, false)
+            .map_err(|e| io_error("cannot remove the stale", path, &e))?;
+        return Ok(Verdict::Stale);
+    }
+    if Some(meta.len()) != record.big_len.checked_add(RECORD_LEN as u64) {
+        return damaged(identity, "its length differs from its header");
+    }
+
+    let mut checksum = BigPartChecksum::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => checksum.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return damaged(identity, &format!("cannot read it: {e}")),
+        }
+    }
+    if checksum.len() != record.big_len || checksum.finish() != record.checksum {
+        return damaged(identity, "checksum mismatch");
+    }
+    // Last use, for eviction. Best effort: a failure only makes eviction less fair.
+    if let Err(e) = file.set_modified(SystemTime::now()) {
+        tracing::debug!(file = %path.display(), error = %e, "cannot mark a cached big part as used");
+    }
+    Ok(Verdict::Intact { file, record })
+}
+
+/// State of a hit's byte stream.
+struct Body {
+    file: Arc<File>,
+    offset: u64,
+    end: u64,
+    expected: u128,
+    checksum: BigPartChecksum,
+    done: bool,
+    _reader: ReaderGuard,
+}
+
+/// Streams the data region of a checked entry from its open file, checking
+/// it again on the way (the file cannot change under the cache's own
+/// writers, but a disk or a hand can).
+fn body_stream(file: File, record: CacheRecord, reader: ReaderGuard) -> ByteStream {
+    let body = Body {
+        file: Arc::new(file),
+        offset: RECORD_LEN as u64,
+        end: RECORD_LEN as u64 + record.big_len,
+        expected: record.checksum,
+        checksum: BigPartChecksum::new(),
+        done: false,
+        _reader: reader,
+    };
+    Box::pin(futures::stream::unfold(body, |mut body| async move {
+        if body.done {
+            return None;
+        }
+        if body.offset >= body.end {
+            body.done = true;
+            if body.checksum.finish() != body.expected {
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the cached big part changed while it was read",
+                );
+                return Some((Err(e), body));
+            }
+            return None;
+        }
+        let want =
+            usize::try_from(body.end - body.offset).map_or(READ_CHUNK, |left| left.min(READ_CHUNK));
+        let file = body.file.clone();
+        let offset = body.offset;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            file.read_exact_at(&mut buf, offset).map(|()| buf)
+        })
+        .await;
+        match read {
+            Ok(Ok(buf)) => {
+                body.offset += want as u64;
+                body.checksum.update(&buf);
+                Some((Ok(Bytes::from(buf)), body))
+            }
+            Ok(Err(e)) => {
+                body.done = true;
+                Some((Err(e), body))
+            }
+            Err(e) => {
+                body.done = true;
+                Some((Err(io::Error::other(e)), body))
+            }
+        }
+    }))
+}
+
+#[async_trait]
+impl BigPartCache for FsBigPartCache {
+    async fn open(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+        small_digest: &[u8; 32],
+    ) -> Result<CacheLookup, CacheError> {
+        let key = entry_key(folder, name);
+        // Registered before the file is opened, so eviction cannot take it
+        // between the check and the stream.
+        let reader = ReaderGuard::register(&self.shared, key.clone());
+        let shared = self.shared.clone();
+        let folder_dir = shared.folder_dir(folder);
+        let path = shared.entry_path(folder, name);
+        let digest = *small_digest;
+        let verdict = blocking(move || {
+            for _ in 0..INSPECT_ATTEMPTS {
+                match inspect(&shared, &key, &folder_dir, &path, &digest)? {
+                    Verdict::Replaced => continue,
+                    verdict => return Ok(verdict),
+                }
+            }
+            Ok(Verdict::Miss)
+        })
+        .await?;
+        Ok(match verdict {
+            Verdict::Miss | Verdict::Replaced => CacheLookup::Miss,
+            Verdict::Stale => CacheLookup::Stale,
+            Verdict::Damaged => CacheLookup::Damaged,
+            Verdict::Intact { file, record } => CacheLookup::Hit(ObjectBody {
+                len: record.big_len,
+                stream: body_stream(file, record, reader),
+            }),
+        })
+    }
+
+    async fn create(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+        small_digest: &[u8; 32],
+    ) -> Result<Box<dyn CacheWriter>, CacheError> {
+        let folder_dir = self.shared.folder_dir(folder);
+        let prefix = format!(".{}{TEMP_MARK}", name.as_str());
+        let temp = blocking(move || {
+            ensure_folder_dir(&folder_dir)
+                .map_err(|e| io_error("cannot make the cache folder", &folder_dir, &e))?;
+            let mut temp = tempfile::Builder::new()
+                .prefix(&prefix)
+                .rand_bytes(12)
+                .permissions(Permissions::from_mode(FILE_MODE))
+                .tempfile_in(&folder_dir)
+                .map_err(|e| io_error("cannot create a file in", &folder_dir, &e))?;
+            temp.as_file()
+                .set_permissions(Permissions::from_mode(FILE_MODE))
+                .and_then(|()| temp.write_all(&[0u8; RECORD_LEN]))
+                .map_err(|e| io_error("cannot write", temp.path(), &e))?;
+            Ok(temp)
+        })
+        .await?;
+        Ok(Box::new(FsCacheWriter {
+            shared: self.shared.clone(),
+            key: entry_key(folder, name),
+            final_path: self.shared.entry_path(folder, name),
+            small_digest: *small_digest,
+            temp: Some(temp),
+            pending: Vec::new(),
+            pending_len: 0,
+            checksum: BigPartChecksum::new(),
+            oversized: false,
+        }))
+    }
+
+    async fn remove(&self, folder: &Folder, name: &ResourceName) -> Result<(), CacheError> {
+        let shared = self.shared.clone();
+        let folder_dir = shared.folder_dir(folder);
+        let path = shared.entry_path(folder, name);
+        blocking(move || {
+            match fs::symlink_metadata(&folder_dir) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_error("cannot read", &folder_dir, &e)),
+            }
+            remove_entry(&shared, &path).map_err(|e| io_error("cannot remove", &path, &e))
+        })
+        .await
+    }
+
+    async fn usage(&self) -> Result<CacheUsage, CacheError> {
+        let shared = self.shared.clone();
+        blocking(move || shared.usage()).await
+    }
+
+    async fn entries(&self) -> Result<Vec<CachedEntry>, CacheError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let mut list: Vec<CachedEntry> = scan(&shared.root)
+                .map_err(|e| io_error("cannot list the cache folder", &shared.root, &e))?
+                .into_iter()
+                .map(|e| CachedEntry {
+                    folder: e.key.0,
+                    name: e.key.1,
+                    bytes: e.bytes,
+                })
+                .collect();
+            list.sort_by(|a, b| (&a.folder, &a.name).cmp(&(&b.folder, &b.name)));
+            Ok(list)
+        })
+        .await
+    }
+}
+
+/// Writes one entry into a temporary file; `commit` renames it into place.
+/// Dropped uncommitted, it deletes the temporary file.
+struct FsCacheWriter {
+    shared: Arc<Shared>,
+    key: EntryKey,
+    final_path: PathBuf,
+    small_digest: [u8; 32],
+    /// `None` once discarded (oversized) or after a failed write.
+    temp: Option<NamedTempFile>,
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    checksum: BigPartChecksum,
+    /// Outgrew the size limit: counted from then on, never stored.
+    oversized: bool,
+}
+
+impl FsCacheWriter {
+    fn broken() -> CacheError {
+        CacheError::Io("an earlier write to this cache entry failed".to_owned())
+    }
+
+    async fn flush(&mut self) -> Result<(), CacheError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut temp = self.temp.take().ok_or_else(Self::broken)?;
+        let chunks = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        // On failure the temporary file is dropped (deleted) with the closure.
+        let temp = blocking(move || {
+            for chunk in &chunks {
+                temp.write_all(chunk)
+                    .map_err(|e| io_error("cannot write", temp.path(), &e))?;
+            }
+            Ok(temp)
+        })
+        .await?;
+        self.temp = Some(temp);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CacheWriter for FsCacheWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), CacheError> {
+        self.checksum.update(&chunk);
+        if self.oversized {
+            return Ok(());
+        }
+        if self.temp.is_none() {
+            return Err(Self::broken());
+        }
+        if let Some(limit) = self.shared.max_bytes
+            && RECORD_LEN as u64 + self.checksum.len() > limit
+        {
+            self.oversized = true;
+            self.pending.clear();
+            self.pending_len = 0;
+            if let Some(temp) = self.temp.take() {
+                blocking(move || {
+                    temp.close()
+                        .map_err(|e| CacheError::Io(format!("cannot delete a temporary file: {e}")))
+                })
+                .await?;
+            }
+            return Ok(());
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), CacheError> {
+        if self.oversized {
+            tracing::warn!(
+                folder = %self.key.0,
+                name = %self.key.1,
+                bytes = self.checksum.len(),
+                limit = ?self.shared.max_bytes,
+                "not caching a big part larger than the cache's size limit"
+            );
+            return Ok(());
+        }
+        self.flush().await?;
+        let temp = self.temp.take().ok_or_else(Self::broken)?;
+        let record = CacheRecord {
+            small_digest: self.small_digest,
+            big_len: self.checksum.len(),
+            checksum: self.checksum.finish(),
+        };
+        let shared = self.shared.clone();
+        let key = self.key.clone();
+        let final_path = self.final_path.clone();
+        blocking(move || finish_entry(&shared, temp, &record, &key, &final_path)).await
+    }
+}
+
+/// Writes the real header, makes the file durable, renames it into place,
+/// makes the rename durable, then evicts to fit the limit.
+fn finish_entry(
+    shared: &Shared,
+    temp: NamedTempFile,
+    record: &CacheRecord,
+    key: &EntryKey,
+    final_path: &Path,
+) -> Result<(), CacheError> {
+    let file = temp.as_file();
+    file.write_all_at(&record.encode(), 0)
+        .map_err(|e| io_error("cannot write", temp.path(), &e))?;
+    // First use, for eviction (explicit, so every entry's time has the same precision).
+    if let Err(e) = file.set_modified(SystemTime::now()) {
+        tracing::debug!(file = %temp.path().display(), error = %e, "cannot set a cache file's time");
+    }
+    file.sync_all()
+        .map_err(|e| io_error("cannot flush", temp.path(), &e))?;
+
+    let _commits = lock(&shared.commits);
+    {
+        let _names = lock(&shared.names);
+        temp.persist(final_path)
+            .map_err(|e| io_error("cannot rename into", final_path, &e.error))?;
+    }
+    if let Some(dir) = final_path.parent() {
+        sync_dir(dir).map_err(|e| io_error("cannot flush", dir, &e))?;
+    }
+    if let Some(limit) = shared.max_bytes
+        && let Err(e) = evict_to_fit(shared, limit, Some(key))
+    {
+        tracing::warn!(error = %e, "cannot evict from the cache");
+    }
+    Ok(())
+}
+
+impl Drop for FsCacheWriter {
+    fn drop(&mut self) {
+        // Uncommitted: delete the temporary file (best effort; a leftover is
+        // removed the next time the cache is opened).
+        if let Some(temp) = self.temp.take() {
+            let path = temp.path().to_path_buf();
+            if let Err(e) = temp.close() {
+                tracing::debug!(file = %path.display(), error = %e, "cannot delete a temporary cache file");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    fn folder(s: &str) -> Folder {
+        Folder::parse(s).unwrap()
+    }
+
+    fn name(s: &str) -> ResourceName {
+        ResourceName::parse(s).unwrap()
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn new_cache(dir: &tempfile::TempDir, limit: Option<u64>) -> FsBigPartCache {
+        FsBigPartCache::open(dir.path().join("cache"), limit).unwrap()
+    }
+
+    async fn put(cache: &FsBigPartCache, f: &str, n: &str, digest: [u8; 32], bytes: &[u8]) {
+        let mut w = cache.create(&folder(f), &name(n), &digest).await.unwrap();
+        // Uneven chunks, some above the write batch.
+        for chunk in bytes.chunks(300_001) {
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        w.commit().await.unwrap();
+    }
+
+    async fn read_all(body: ObjectBody) -> Vec<u8> {
+        let mut stream = body.stream;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    async fn hit(cache: &FsBigPartCache, f: &str, n: &str, digest: [u8; 32]) -> Vec<u8> {
+        match cache.open(&folder(f), &name(n), &digest).await.unwrap() {
+            CacheLookup::Hit(body) => {
+                let len = body.len;
+                let bytes = read_all(body).await;
+                assert_eq!(bytes.len() as u64, len);
+                bytes
+            }
+            CacheLookup::Miss => panic!("miss"),
+            CacheLookup::Stale => panic!("stale"),
+            CacheLookup::Damaged => panic!("damaged"),
+        }
+    }
+
+    async fn lookup(cache: &FsBigPartCache, f: &str, n: &str, digest: [u8; 32]) -> &'static str {
+        match cache.open(&folder(f), &name(n), &digest).await.unwrap() {
+            CacheLookup::Hit(_) => "hit",
+            CacheLookup::Miss => "miss",
+            CacheLookup::Stale => "stale",
+            CacheLookup::Damaged => "damaged",
+        }
+    }
+
+    /// Every file under the folder directory, by name.
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_committed_entry_is_a_hit_with_the_exact_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        let bytes = data(3 * READ_CHUNK + 12_345, 7);
+        put(&cache, "models", "model.onnx", [1; 32], &bytes).await;
+
+        assert_eq!(hit(&cache, "models", "model.onnx", [1; 32]).await, bytes);
+        let usage = cache.usage().await.unwrap();
+        assert_eq!(usage.entries, 1);
+        assert_eq!(usage.bytes, bytes.len() as u64 + RECORD_LEN as u64);
+        assert_eq!(
+            cache.entries().await.unwrap(),
+            vec![CachedEntry {
+                folder: "models".into(),
+                name: "model.onnx".into(),
+                bytes: bytes.len() as u64 + RECORD_LEN as u64,
+            }]
+        );
+        assert_eq!(
+            files_in(&cache.root().join("models")),
+            vec!["model.onnx.big"]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_absent_entry_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        assert_eq!(lookup(&cache, "models", "nothing", [1; 32]).await, "miss");
+        put(&cache, "models", "other", [1; 32], b"x").await;
+        assert_eq!(lookup(&cache, "models", "nothing", [1; 32]).await, "miss");
+    }
+
+    #[tokio::test]
+    async fn an_empty_big_part_is_cached_and_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        put(&cache, "models", "empty", [3; 32], b"").await;
+        assert_eq!(
+            hit(&cache, "models", "empty", [3; 32]).await,
+            Vec::<u8>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_leaves_neither_an_entry_nor_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        let mut w = cache
+            .create(&folder("models"), &name("m"), &[1; 32])
+            .await
+            .unwrap();
+        w.write(Bytes::from(data(2 * WRITE_BATCH + 5, 1)))
+            .await
+            .unwrap();
+        assert_eq!(files_in(&cache.root().join("models")).len(), 1);
+        drop(w);
+
+        assert!(files_in(&cache.root().join("models")).is_empty());
+        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "miss");
+    }
+
+    #[tokio::test]
+    async fn a_writer_in_progress_never_shows_under_the_final_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        let old = data(5000, 1);
+        let new = data(3 * WRITE_BATCH, 2);
+        put(&cache, "models", "m", [1; 32], &old).await;
+
+        let mut w = cache
+            .create(&folder("models"), &name("m"), &[2; 32])
+            .await
+            .unwrap();
+        w.write(Bytes::copy_from_slice(&new[..2 * WRITE_BATCH]))
+            .await
+            .unwrap();
+        assert_eq!(hit(&cache, "models", "m", [1; 32]).await, old);
+        w.write(Bytes::copy_from_slice(&new[2 * WRITE_BATCH..]))
+            .await
+            .unwrap();
+        w.commit().await.unwrap();
+
+        assert_eq!(hit(&cache, "models", "m", [2; 32]).await, new);
+    }
+
+    #[tokio::test]
+    async fn a_temporary_file_left_by_a_crash_is_ignored_then_cleaned_on_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        put(&cache, "models", "other", [1; 32], b"keep me").await;
+        let models = cache.root().join("models");
+        let crashed = models.join(".m.big.tmp-Ab3dE9xYz012");
+        let mut header = CacheRecord {
+            small_digest: [1; 32],
+            big_len: 4,
+            checksum: 0,
+        }
+        .encode()
+        .to_vec();
+        header.extend_from_slice(b"half");
+        fs::write(&crashed, &header).unwrap();
+        let in_root = cache.root().join(".x.big.tmp-gone0011");
+        fs::write(&in_root, b"junk").unwrap();
+
+        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "miss");
+        assert_eq!(cache.usage().await.unwrap().entries, 1);
+
+        drop(cache);
+        let cache = new_cache(&dir, None);
+        assert!(!crashed.exists());
+        assert!(!in_root.exists());
+        assert_eq!(hit(&cache, "models", "other", [1; 32]).await, b"keep me");
+    }
+
+    #[tokio::test]
+    async fn an_entry_for_another_small_part_is_stale_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        put(&cache, "models", "m", [1; 32], &data(1000, 1)).await;
+
+        assert_eq!(lookup(&cache, "models", "m", [2; 32]).await, "stale");
+        assert!(!cache.root().join("models/m.big").exists());
+        assert!(files_in(&cache.root().join("models")).is_empty());
+        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "miss");
+    }
+
+    #[tokio::test]
+    async fn an_entry_with_a_flipped_byte_is_damaged_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        put(&cache, "models", "m", [1; 32], &data(100_000, 1)).await;
+        let path = cache.root().join("models/m.big");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[RECORD_LEN + 54_321] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+
+        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "damaged");
+        assert!(files_in(&cache.root().join("models")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_truncated_or_headerless_entry_is_damaged_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        let path = cache.root().join("models/m.big");
+        for cut in [RECORD_LEN + 500, RECORD_LEN, 10, 0] {
+            put(&cache, "models", "m", [1; 32], &data(1000, 1)).await;
+            let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(cut as u64).unwrap();
+            drop(file);
+            assert_eq!(
+                lookup(&cache, "models", "m", [1; 32]).await,
+                "damaged",
+                "cut at {cut}"
+            );
+            assert!(!path.exists());
+        }
+        fs::write(
+            &path,
+            b"not a cache record at all, just some bytes that are long enough for one",
+        )
+        .unwrap();
+        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "damaged");
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn folders_are_0700_and_entries_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        assert_eq!(mode(cache.root()), 0o700);
+        let mut w = cache
+            .create(&folder("models"), &name("m"), &[1; 32])
+            .await
+            .unwrap();
+        w.write(Bytes::from_static(b"abc")).await.unwrap();
+        let temp = cache
+            .root()
+            .join("models")
+            .join(&files_in(&cache.root().join("models"))[0]);
+        assert_eq!(mode(&temp), 0o600);
+        w.commit().await.unwrap();
+        assert_eq!(mode(&cache.root().join("models")), 0o700);
+        assert_eq!(mode(&cache.root().join("models/m.big")), 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_folder_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let header = CacheRecord {
+            small_digest: [1; 32],
+            big_len: 0,
+            checksum: BigPartChecksum::new().finish(),
+        };
+        fs::write(outside.join("m.big"), header.encode()).unwrap();
+        std::os::unix::fs::symlink(&outside, cache.root().join("models")).unwrap();
+
+        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "miss");
+        assert_eq!(cache.usage().await.unwrap().entries, 0);
+        put(&cache, "models", "m", [1; 32], b"inside").await;
+
+        assert!(
+            fs::symlink_metadata(cache.root().join("models"))
+                .unwrap()
+                .is_dir()
+        );
+        assert_eq!(files_in(&outside), vec!["m.big"]);
+        assert_eq!(hit(&cache, "models", "m", [1; 32]).await, b"inside");
+    }
+
+    #[tokio::test]
+    async fn remove_deletes_an_entry_and_ignores_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        put(&cache, "models", "m", [1; 32], b"abc").await;
+        cache.remove(&folder("models"), &name("m")).await.unwrap();
+        cache.remove(&folder("models"), &name("m")).await.unwrap();
+        cache.remove(&folder("nofolder"), &name("m")).await.unwrap();
+        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "miss");
+        assert!(files_in(&cache.root().join("models")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn eviction_keeps_the_most_recently_used_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = 1000 + RECORD_LEN as u64;
+        let cache = new_cache(&dir, Some(2 * entry));
+        put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        put(&cache, "models", "b", [1; 32], &data(1000, 2)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        hit(&cache, "models", "a", [1; 32]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        put(&cache, "models", "c", [1; 32], &data(1000, 3)).await;
+
+        let names: Vec<String> = cache
+            .entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["a", "c"]);
+        let usage = cache.usage().await.unwrap();
+        assert_eq!(
+            (usage.bytes, usage.entries, usage.limit),
+            (2 * entry, 2, Some(2 * entry))
+        );
+    }
+
+    #[tokio::test]
+    async fn eviction_never_takes_an_entry_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = 1000 + RECORD_LEN as u64;
+        let cache = new_cache(&dir, Some(2 * entry));
+        put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        put(&cache, "models", "b", [1; 32], &data(1000, 2)).await;
+        let CacheLookup::Hit(reading) = cache
+            .open(&folder("models"), &name("a"), &[1; 32])
+            .await
+            .unwrap()
+        else {
+            panic!("expected a hit");
+        };
+        // `a` is older again than `b`: only the open reader protects it.
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        File::open(cache.root().join("models/a.big"))
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        put(&cache, "models", "c", [1; 32], &data(1000, 3)).await;
+
+        let names: Vec<String> = cache
+            .entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["a", "c"]);
+        assert_eq!(read_all(reading).await, data(1000, 1));
+
+        // With both readers gone and every entry unread, the limit holds again.
+        put(&cache, "models", "d", [1; 32], &data(1000, 4)).await;
+        assert_eq!(cache.usage().await.unwrap().entries, 2);
+        assert!(!cache.root().join("models/a.big").exists());
+    }
+
+    #[tokio::test]
+    async fn an_entry_that_fits_only_beside_entries_being_read_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = 1000 + RECORD_LEN as u64;
+        let cache = new_cache(&dir, Some(entry));
+        put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
+        let CacheLookup::Hit(reading) = cache
+            .open(&folder("models"), &name("a"), &[1; 32])
+            .await
+            .unwrap()
+        else {
+            panic!("expected a hit");
+        };
+        put(&cache, "models", "b", [1; 32], &data(1000, 2)).await;
+        assert_eq!(cache.usage().await.unwrap().entries, 2);
+        assert_eq!(read_all(reading).await, data(1000, 1));
+    }
+
+    #[tokio::test]
+    async fn an_entry_larger_than_the_limit_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, Some(10_000));
+        put(&cache, "models", "small", [1; 32], &data(1000, 1)).await;
+        put(&cache, "models", "huge", [1; 32], &data(3 * WRITE_BATCH, 2)).await;
+
+        assert_eq!(lookup(&cache, "models", "huge", [1; 32]).await, "miss");
+        assert_eq!(hit(&cache, "models", "small", [1; 32]).await, data(1000, 1));
+        assert_eq!(files_in(&cache.root().join("models")), vec!["small.big"]);
+    }
+
+    #[tokio::test]
+    async fn opening_with_a_smaller_limit_evicts_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        put(&cache, "models", "old", [1; 32], &data(1000, 1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        put(&cache, "models", "new", [1; 32], &data(1000, 2)).await;
+        drop(cache);
+
+        let cache = new_cache(&dir, Some(1500));
+        let names: Vec<String> = cache
+            .entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["new"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_writers_of_one_key_leave_one_complete_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(new_cache(&dir, None));
+        let first = data(2 * WRITE_BATCH + 77, 1);
+        let second = data(WRITE_BATCH + 3, 2);
+        let mut w1 = cache
+            .create(&folder("models"), &name("m"), &[1; 32])
+            .await
+            .unwrap();
+        let mut w2 = cache
+            .create(&folder("models"), &name("m"), &[2; 32])
+            .await
+            .unwrap();
+        for (a, b) in first.chunks(100_000).zip(second.chunks(100_000)) {
+            w1.write(Bytes::copy_from_slice(a)).await.unwrap();
+            w2.write(Bytes::copy_from_slice(b)).await.unwrap();
+        }
+        for a in first.chunks(100_000).skip(second.chunks(100_000).count()) {
+            w1.write(Bytes::copy_from_slice(a)).await.unwrap();
+        }
+        let (r1, r2) = tokio::join!(
+            tokio::spawn(async move { w1.commit().await }),
+            tokio::spawn(async move { w2.commit().await })
+        );
+        r1.unwrap().unwrap();
+        r2.unwrap().unwrap();
+
+        assert_eq!(files_in(&cache.root().join("models")), vec!["m.big"]);
+        let header = fs::read(cache.root().join("models/m.big")).unwrap();
+        let record = CacheRecord::decode(&header[..RECORD_LEN]).unwrap();
+        let expected = if record.small_digest == [1; 32] {
+            &first
+        } else {
+            &second
+        };
+        assert_eq!(
+            &hit(&cache, "models", "m", record.small_digest).await,
+            expected
+        );
+        assert_eq!(cache.usage().await.unwrap().entries, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn readers_during_rewrites_see_only_whole_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(new_cache(&dir, None));
+        let versions: Vec<Vec<u8>> = (0..4u8).map(|v| data(300_000 + v as usize, v)).collect();
+        put(&cache, "models", "m", [0; 32], &versions[0]).await;
+        let writer = {
+            let cache = cache.clone();
+            let versions = versions.clone();
+            tokio::spawn(async move {
+                for round in 0..12u8 {
+                    let v = (round % 4) as usize;
+                    put(&cache, "models", "m", [v as u8; 32], &versions[v]).await;
+                }
+            })
+        };
+        for round in 0..40usize {
+            let v = round % 4;
+            if let CacheLookup::Hit(body) = cache
+                .open(&folder("models"), &name("m"), &[v as u8; 32])
+                .await
+                .unwrap()
+            {
+                assert_eq!(read_all(body).await, versions[v]);
+            }
+        }
+        writer.await.unwrap();
+    }
+}
