@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "azaion-loader", version, about = "Serves split, encrypted AI models to local clients and unlocks the device's Docker images")]
+#[command(
+    name = "azaion-loader",
+    version,
+    about = "Serves split, encrypted AI models to local clients and unlocks the device's Docker images"
+)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "LOG_FORMAT_JSON")]
@@ -47,7 +51,9 @@ enum Command {
 
 fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -84,8 +90,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let app = Application::build(&config, ports)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    tracing::info!("listening on http://{}", app.local_addr().map_err(|e| e.to_string())?);
-    app.serve(shutdown_signal()).await.map_err(|e| format!("serving failed: {e}"))
+    tracing::info!(
+        "listening on http://{}",
+        app.local_addr().map_err(|e| e.to_string())?
+    );
+    app.serve(shutdown_signal())
+        .await
+        .map_err(|e| format!("serving failed: {e}"))
 }
 
 #[tokio::main]

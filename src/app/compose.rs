@@ -29,9 +29,13 @@ pub fn real_ports(config: &Config) -> Result<Ports, String> {
         .map_err(|e| format!("cache at {}: {e}", config.model_cache_dir.display()))?;
     let runtime: Arc<dyn ContainerRuntime> = match config.runtime {
         RuntimeKind::Bollard => Arc::new(
-            BollardRuntime::connect(config.docker_host.as_deref()).map_err(|e| format!("Docker (bollard): {e}"))?,
+            BollardRuntime::connect(config.docker_host.as_deref())
+                .map_err(|e| format!("Docker (bollard): {e}"))?,
         ),
-        RuntimeKind::Cli => Arc::new(DockerCliRuntime::new(PathBuf::from("docker"), config.docker_host.clone())),
+        RuntimeKind::Cli => Arc::new(DockerCliRuntime::new(
+            PathBuf::from("docker"),
+            config.docker_host.clone(),
+        )),
     };
     Ok(Ports {
         api: Arc::new(api),

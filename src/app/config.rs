@@ -38,7 +38,11 @@ pub const DEFAULT_IMAGES_PATH: &str = "/opt/azaion/images.enc";
 
 /// Splits `LOADER_IMAGES`: comma-separated, blanks ignored.
 pub fn parse_image_list(text: &str) -> Vec<String> {
-    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Makes a cache path absolute against the working directory without touching the disk.
@@ -46,7 +50,9 @@ pub fn absolute(path: PathBuf) -> PathBuf {
     if path.is_absolute() {
         path
     } else {
-        std::env::current_dir().map(|cwd| cwd.join(&path)).unwrap_or(path)
+        std::env::current_dir()
+            .map(|cwd| cwd.join(&path))
+            .unwrap_or(path)
     }
 }
 
@@ -54,7 +60,9 @@ impl Config {
     /// The defaults of §7, for a given working directory's `cache` folder.
     pub fn defaults() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
             resource_api_url: DEFAULT_RESOURCE_API_URL.to_owned(),
             model_cache_dir: absolute(PathBuf::from("cache")),
             cache_max_bytes: None,
@@ -108,7 +116,10 @@ impl ServeArgs {
         Config {
             listen: self.listen,
             resource_api_url: self.resource_api_url,
-            model_cache_dir: absolute(self.model_cache_dir.unwrap_or_else(|| PathBuf::from("cache"))),
+            model_cache_dir: absolute(
+                self.model_cache_dir
+                    .unwrap_or_else(|| PathBuf::from("cache")),
+            ),
             cache_max_bytes: self.cache_max_bytes,
             images_path: self.images_path,
             expected_images: parse_image_list(&self.images),

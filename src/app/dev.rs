@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::Application;
 use super::compose::real_ports;
 use super::config::{Config, RuntimeKind};
-use super::Application;
 use crate::adapters::emulator::{self, EmulatorConfig, EmulatorHandle};
 use crate::adapters::s3::S3Connector;
 use crate::adapters::s3_server::{self, S3ServerConfig, S3ServerHandle};
@@ -50,7 +50,9 @@ fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 }
 
 /// Starts the emulator and the S3 server with the demo data in `data_dir`.
-pub async fn start_peers(data_dir: &Path) -> Result<(EmulatorHandle, S3ServerHandle, CdnConfig), String> {
+pub async fn start_peers(
+    data_dir: &Path,
+) -> Result<(EmulatorHandle, S3ServerHandle, CdnConfig), String> {
     let s3_root = data_dir.join("s3");
     std::fs::create_dir_all(&s3_root).map_err(io_err("S3 data folder"))?;
     let s3 = s3_server::start(S3ServerConfig {
@@ -83,7 +85,14 @@ pub async fn start_peers(data_dir: &Path) -> Result<(EmulatorHandle, S3ServerHan
     .await
     .map_err(io_err("Resource API emulator"))?;
     emulator.add_user(DEMO_EMAIL, DEMO_PASSWORD);
-    seed_resource(&emulator, &cdn, DEMO_FOLDER, DEMO_RESOURCE, demo_text().into()).await?;
+    seed_resource(
+        &emulator,
+        &cdn,
+        DEMO_FOLDER,
+        DEMO_RESOURCE,
+        demo_text().into(),
+    )
+    .await?;
     Ok((emulator, s3, cdn))
 }
 
@@ -104,18 +113,31 @@ pub async fn seed_resource(
     getrandom::fill(&mut iv).map_err(|e| e.to_string())?;
     let encrypted = encrypt(&AesKey::from_key_string(&resource_key()), iv, &plaintext);
     let (small, big) = split(&encrypted);
-    emulator.put_file(Some(folder), &format!("{name}.small"), Bytes::copy_from_slice(small));
-    let store = S3Connector::default().connect(cdn).map_err(|e| e.to_string())?;
+    emulator.put_file(
+        Some(folder),
+        &format!("{name}.small"),
+        Bytes::copy_from_slice(small),
+    );
+    let store = S3Connector::default()
+        .connect(cdn)
+        .map_err(|e| e.to_string())?;
     let folder = Folder::parse(folder).map_err(|e| e.to_string())?;
     let body = Bytes::copy_from_slice(big);
     store
-        .put(&folder, &format!("{name}.big"), Box::pin(futures::stream::iter([Ok(body)])))
+        .put(
+            &folder,
+            &format!("{name}.big"),
+            Box::pin(futures::stream::iter([Ok(body)])),
+        )
         .await
         .map_err(|e| format!("seeding S3: {e}"))
 }
 
 /// Runs the whole stack until `shutdown` completes.
-pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+pub async fn run(
+    options: DevOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let temp = match &options.data_dir {
         Some(_) => None,
         None => Some(tempfile::tempdir().map_err(io_err("temporary folder"))?),
@@ -147,9 +169,18 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()> + Send 
     served
 }
 
-fn print_banner(addr: SocketAddr, emulator: &EmulatorHandle, s3: &S3ServerHandle, data_dir: &Path, config: &Config) {
+fn print_banner(
+    addr: SocketAddr,
+    emulator: &EmulatorHandle,
+    s3: &S3ServerHandle,
+    data_dir: &Path,
+    config: &Config,
+) {
     let base = format!("http://{addr}");
-    println!("Azaion Loader local stack is up (everything on 127.0.0.1, data in {}):", data_dir.display());
+    println!(
+        "Azaion Loader local stack is up (everything on 127.0.0.1, data in {}):",
+        data_dir.display()
+    );
     println!("  loader               {base}");
     println!("  Resource API (emul.) {}", emulator.base_url());
     println!("  S3 (s3s-fs)          {}", s3.endpoint());
@@ -165,7 +196,9 @@ fn print_banner(addr: SocketAddr, emulator: &EmulatorHandle, s3: &S3ServerHandle
         "  curl -s -X POST {base}/load/{DEMO_RESOURCE} -H 'content-type: application/json' -d '{{\"filename\":\"{DEMO_RESOURCE}\",\"folder\":\"{DEMO_FOLDER}\"}}'"
     );
     println!("  echo 'my model bytes' > /tmp/my-model.bin");
-    println!("  curl -s -X POST {base}/upload/my-model.bin -F folder={DEMO_FOLDER} -F data=@/tmp/my-model.bin");
+    println!(
+        "  curl -s -X POST {base}/upload/my-model.bin -F folder={DEMO_FOLDER} -F data=@/tmp/my-model.bin"
+    );
     println!(
         "  curl -s -X POST {base}/load/my-model.bin -H 'content-type: application/json' -d '{{\"folder\":\"{DEMO_FOLDER}\"}}'"
     );

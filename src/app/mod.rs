@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::ports::{BigPartCache, Clock, ContainerRuntime, HardwareProbe, ObjectStoreConnector, ResourceApi};
+use crate::ports::{
+    BigPartCache, Clock, ContainerRuntime, HardwareProbe, ObjectStoreConnector, ResourceApi,
+};
 use config::Config;
 use resources::ResourceService;
 use session::SessionService;
@@ -95,8 +97,13 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then lets requests in flight finish.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let router = crate::adapters::http::router(self.state);
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 }

@@ -83,7 +83,11 @@ impl ResourceService {
 
     /// F2: small part from the API, big part from the cache when it belongs with
     /// that small part and is intact, else from the CDN (filling the cache).
-    pub async fn download(&self, folder: &Folder, name: &ResourceName) -> Result<Download, LoadError> {
+    pub async fn download(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+    ) -> Result<Download, LoadError> {
         let small_name = name.small_part_name();
         let api = self.session.api().clone();
         let (small_wire, session) = self
@@ -91,16 +95,27 @@ impl ResourceService {
             .call(|s: Arc<Session>| {
                 let (api, folder, small_name) = (api.clone(), folder.clone(), small_name.clone());
                 async move {
-                    api.get_resource(&s.token, Some(&folder), &small_name, &s.credentials.password, &s.device.hardware)
-                        .await
+                    api.get_resource(
+                        &s.token,
+                        Some(&folder),
+                        &small_name,
+                        &s.credentials.password,
+                        &s.device.hardware,
+                    )
+                    .await
                 }
             })
             .await
             .map_err(|e| match e {
-                CallError::Api(crate::ports::ApiError::NotFound) => LoadError::NotFound(format!("{folder}/{name}")),
+                CallError::Api(crate::ports::ApiError::NotFound) => {
+                    LoadError::NotFound(format!("{folder}/{name}"))
+                }
                 other => LoadError::Call(other),
             })?;
-        let small = Bytes::from(decrypt(&session.api_key, &small_wire).map_err(|_| LoadError::SmallPartUndecryptable)?);
+        let small = Bytes::from(
+            decrypt(&session.api_key, &small_wire)
+                .map_err(|_| LoadError::SmallPartUndecryptable)?,
+        );
         let digest = small_part_digest(&small);
 
         match self.cache.open(folder, name, &digest).await {
@@ -110,24 +125,39 @@ impl ResourceService {
                 return Ok(Download {
                     source: BigPartSource::Cache,
                     ciphertext_len: total,
-                    plaintext: decrypting_stream(&self.resource_key, small, body.stream, total, None, None),
+                    plaintext: decrypting_stream(
+                        &self.resource_key,
+                        small,
+                        body.stream,
+                        total,
+                        None,
+                        None,
+                    ),
                 });
             }
             Ok(CacheLookup::Miss) => {}
-            Ok(CacheLookup::Stale) => tracing::info!(%folder, %name, "cached big part is stale; fetching from the CDN"),
+            Ok(CacheLookup::Stale) => {
+                tracing::info!(%folder, %name, "cached big part is stale; fetching from the CDN")
+            }
             Ok(CacheLookup::Damaged) => {
                 tracing::warn!(%folder, %name, "cached big part is damaged; fetching from the CDN")
             }
-            Err(e) => tracing::warn!(%folder, %name, "cache unreadable ({e}); fetching from the CDN"),
+            Err(e) => {
+                tracing::warn!(%folder, %name, "cache unreadable ({e}); fetching from the CDN")
+            }
         }
 
         let key = name.big_part_key();
-        let body = session.store.get(folder, &key, 0).await.map_err(|e| match e {
-            StoreError::NoSuchKey(_) | StoreError::NoSuchBucket(_) => {
-                LoadError::NotFound(format!("{folder}/{name} (no big part in the CDN)"))
-            }
-            other => LoadError::Cdn(other),
-        })?;
+        let body = session
+            .store
+            .get(folder, &key, 0)
+            .await
+            .map_err(|e| match e {
+                StoreError::NoSuchKey(_) | StoreError::NoSuchBucket(_) => {
+                    LoadError::NotFound(format!("{folder}/{name} (no big part in the CDN)"))
+                }
+                other => LoadError::Cdn(other),
+            })?;
         let writer = match self.cache.create(folder, name, &digest).await {
             Ok(w) => Some(w),
             Err(e) => {
@@ -145,16 +175,29 @@ impl ResourceService {
         Ok(Download {
             source: BigPartSource::Cdn,
             ciphertext_len: total,
-            plaintext: decrypting_stream(&self.resource_key, small, body.stream, total, writer, Some(resume)),
+            plaintext: decrypting_stream(
+                &self.resource_key,
+                small,
+                body.stream,
+                total,
+                writer,
+                Some(resume),
+            ),
         })
     }
 
     /// F3: encrypts `plaintext` with the resource key, puts the big part in the
     /// CDN and the cache, then the small part in the API.
-    pub async fn upload(&self, folder: &Folder, name: &ResourceName, mut plaintext: ByteStream) -> Result<u64, UploadError> {
+    pub async fn upload(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+        mut plaintext: ByteStream,
+    ) -> Result<u64, UploadError> {
         let session = self.session.session()?;
         let mut iv = [0u8; 16];
-        getrandom::fill(&mut iv).map_err(|e| UploadError::Cdn(StoreError::Unexpected(format!("no randomness: {e}"))))?;
+        getrandom::fill(&mut iv)
+            .map_err(|e| UploadError::Cdn(StoreError::Unexpected(format!("no randomness: {e}"))))?;
         let mut encryptor = Encryptor::new(&self.resource_key, iv);
 
         // Encrypt until the split point is known: at most SPLIT_KNOWN_AT bytes are held.
@@ -174,7 +217,11 @@ impl ResourceService {
         if ended && let Some(enc) = encryptor.take() {
             enc.finish(&mut head);
         }
-        let small_len = if ended { small_part_len(head.len() as u64) as usize } else { SMALL_PART_MAX as usize };
+        let small_len = if ended {
+            small_part_len(head.len() as u64) as usize
+        } else {
+            SMALL_PART_MAX as usize
+        };
         let head = Bytes::from(head);
         let small = head.slice(..small_len);
         let big_head = head.slice(small_len..);
@@ -194,7 +241,11 @@ impl ResourceService {
         });
         let big = encrypting_stream(big_head, plaintext, encryptor, shared.clone());
         let put = session.store.put(folder, &name.big_part_key(), big).await;
-        let input_error = shared.input_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let input_error = shared
+            .input_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(reason) = input_error {
             return Err(UploadError::BadBody(reason));
         }
@@ -212,8 +263,16 @@ impl ResourceService {
         let api = self.session.api().clone();
         self.session
             .call(|s: Arc<Session>| {
-                let (api, folder, small_name, small) = (api.clone(), folder.clone(), small_name.clone(), small.clone());
-                async move { api.put_resource(&s.token, &folder, &small_name, small).await }
+                let (api, folder, small_name, small) = (
+                    api.clone(),
+                    folder.clone(),
+                    small_name.clone(),
+                    small.clone(),
+                );
+                async move {
+                    api.put_resource(&s.token, &folder, &small_name, small)
+                        .await
+                }
             })
             .await?;
         let big_len = *shared.big_len.lock().unwrap_or_else(|p| p.into_inner());
@@ -269,9 +328,7 @@ fn decrypting_stream(
             return None;
         }
         loop {
-            let Some(decryptor) = p.decryptor.as_mut() else {
-                return None;
-            };
+            let decryptor = p.decryptor.as_mut()?;
             if let Some(small) = p.small.take() {
                 let mut out = Vec::with_capacity(small.len());
                 decryptor.update(&small, &mut out);
@@ -310,11 +367,17 @@ fn decrypting_stream(
                             }
                             Ok(_) => {
                                 p.done = true;
-                                return Some((Err(invalid("the CDN object changed during the download")), p));
+                                return Some((
+                                    Err(invalid("the CDN object changed during the download")),
+                                    p,
+                                ));
                             }
                             Err(again) => {
                                 p.done = true;
-                                return Some((Err(io::Error::other(format!("CDN read failed: {again}"))), p));
+                                return Some((
+                                    Err(io::Error::other(format!("CDN read failed: {again}"))),
+                                    p,
+                                ));
                             }
                         }
                     }
@@ -364,7 +427,12 @@ struct EncryptPump {
 
 /// The big part: what is left of the head, then the rest of the plaintext
 /// encrypted as it arrives; teed into the cache writer.
-fn encrypting_stream(head: Bytes, plaintext: ByteStream, encryptor: Option<Encryptor>, shared: Arc<UploadShared>) -> ByteStream {
+fn encrypting_stream(
+    head: Bytes,
+    plaintext: ByteStream,
+    encryptor: Option<Encryptor>,
+    shared: Arc<UploadShared>,
+) -> ByteStream {
     let pump = EncryptPump {
         head: Some(head),
         plaintext,
@@ -384,7 +452,10 @@ fn encrypting_stream(head: Bytes, plaintext: ByteStream, encryptor: Option<Encry
                         encryptor.update(&chunk, &mut out);
                     }
                     Some(Err(e)) => {
-                        *p.shared.input_error.lock().unwrap_or_else(|x| x.into_inner()) = Some(e.to_string());
+                        *p.shared
+                            .input_error
+                            .lock()
+                            .unwrap_or_else(|x| x.into_inner()) = Some(e.to_string());
                         p.encryptor = None;
                         return Some((Err(e), p));
                     }

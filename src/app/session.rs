@@ -13,7 +13,9 @@ use crate::domain::cipher::decrypt;
 use crate::domain::keys::{AesKey, api_key, hardware_hash};
 use crate::domain::secret::SecretString;
 use crate::domain::token::Claims;
-use crate::ports::{ApiError, Clock, Credentials, HardwareProbe, ObjectStore, ObjectStoreConnector, ResourceApi};
+use crate::ports::{
+    ApiError, Clock, Credentials, HardwareProbe, ObjectStore, ObjectStoreConnector, ResourceApi,
+};
 
 /// Renew the token when it runs out within this many seconds.
 const RENEW_MARGIN_SECS: u64 = 60;
@@ -141,7 +143,11 @@ impl SessionService {
     }
 
     fn current(&self) -> Option<Arc<Session>> {
-        self.slot.read().unwrap_or_else(|p| p.into_inner()).session.clone()
+        self.slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .session
+            .clone()
     }
 
     fn store_session(&self, session: Option<Arc<Session>>, working: bool) {
@@ -164,10 +170,20 @@ impl SessionService {
         let token = self.api.login(&credentials).await.map_err(login_error)?;
         let claims = Claims::from_jwt(token.expose()).map_err(|_| LoginError::MalformedToken)?;
         // The API key is derived from the email we logged in with; the token's email is informative.
-        let key = AesKey::from_key_string(&api_key(&credentials.email, &credentials.password, &device.hw_hash));
+        let key = AesKey::from_key_string(&api_key(
+            &credentials.email,
+            &credentials.password,
+            &device.hw_hash,
+        ));
         let encrypted = self
             .api
-            .get_resource(&token, None, "cdn.yaml", &credentials.password, &device.hardware)
+            .get_resource(
+                &token,
+                None,
+                "cdn.yaml",
+                &credentials.password,
+                &device.hardware,
+            )
             .await
             .map_err(|e| match e {
                 ApiError::Unauthorized => LoginError::BadCredentials,
@@ -176,7 +192,10 @@ impl SessionService {
             })?;
         let yaml = decrypt(&key, &encrypted).map_err(|_| LoginError::CdnConfigUndecryptable)?;
         let cdn = CdnConfig::parse(&yaml).map_err(LoginError::CdnConfigInvalid)?;
-        let store = self.connector.connect(&cdn).map_err(|e| LoginError::CdnUnusable(e.to_string()))?;
+        let store = self
+            .connector
+            .connect(&cdn)
+            .map_err(|e| LoginError::CdnUnusable(e.to_string()))?;
         Ok(Session {
             credentials,
             token,
@@ -191,7 +210,12 @@ impl SessionService {
     /// A call went through: a session marked not working after a failed renewal works again.
     fn mark_working(&self, session: &Arc<Session>) {
         let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
-        if !slot.working && slot.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
+        if !slot.working
+            && slot
+                .session
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
             slot.working = true;
         }
     }
@@ -209,7 +233,9 @@ impl SessionService {
             Ok(token) => {
                 let claims = Claims::from_jwt(token.expose()).map_err(|_| {
                     self.store_session(Some(stale.clone()), false);
-                    CallError::Api(ApiError::Unexpected("the API's token is not a readable JWT".into()))
+                    CallError::Api(ApiError::Unexpected(
+                        "the API's token is not a readable JWT".into(),
+                    ))
                 })?;
                 let renewed = Arc::new(Session {
                     credentials: stale.credentials.clone(),
@@ -244,7 +270,10 @@ impl SessionService {
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let mut session = self.current().ok_or(CallError::NotLoggedIn)?;
-        if session.claims.expires_within(self.clock.unix_secs(), RENEW_MARGIN_SECS) {
+        if session
+            .claims
+            .expires_within(self.clock.unix_secs(), RENEW_MARGIN_SECS)
+        {
             session = self.renew(&session).await?;
         }
         match op(session.clone()).await {

@@ -16,7 +16,9 @@ use tokio::sync::Mutex;
 use crate::domain::cipher::Decryptor;
 use crate::domain::keys::AesKey;
 use crate::domain::unlock::{UnlockEvent, UnlockPhase, UnlockState};
-use crate::ports::{ApiError, ByteStream, Clock, ContainerRuntime, Credentials, ResourceApi, RuntimeError};
+use crate::ports::{
+    ApiError, ByteStream, Clock, ContainerRuntime, Credentials, ResourceApi, RuntimeError,
+};
 
 /// Read size from the archive file.
 const READ_CHUNK: usize = 1 << 20;
@@ -94,7 +96,11 @@ impl UnlockService {
             progress: UnlockProgress {
                 bytes_done: self.bytes_done.load(Ordering::Relaxed),
                 bytes_total: self.bytes_total.load(Ordering::Relaxed),
-                phase_elapsed: self.clock.now().duration_since(m.phase_since).unwrap_or_default(),
+                phase_elapsed: self
+                    .clock
+                    .now()
+                    .duration_since(m.phase_since)
+                    .unwrap_or_default(),
             },
         }
     }
@@ -119,7 +125,10 @@ impl UnlockService {
     }
 
     /// `POST /unlock`: starts a background run if none is running; answers the phase.
-    pub async fn start(self: &Arc<Self>, credentials: Credentials) -> Result<UnlockPhase, UnlockStartError> {
+    pub async fn start(
+        self: &Arc<Self>,
+        credentials: Credentials,
+    ) -> Result<UnlockPhase, UnlockStartError> {
         let _one = self.starting.lock().await;
         let current = self.status().phase;
         if !matches!(current, UnlockPhase::Idle | UnlockPhase::Error) {
@@ -132,10 +141,14 @@ impl UnlockService {
         if !archive_exists {
             return match self.all_images_present().await {
                 Ok(true) => Ok(self.apply(UnlockEvent::FoundImagesWithoutArchive)),
-                Ok(false) => Err(UnlockStartError::ArchiveMissing(self.settings.images_path.display().to_string())),
+                Ok(false) => Err(UnlockStartError::ArchiveMissing(
+                    self.settings.images_path.display().to_string(),
+                )),
                 Err(e) => {
                     tracing::warn!("cannot check the images: {e}");
-                    Err(UnlockStartError::ArchiveMissing(self.settings.images_path.display().to_string()))
+                    Err(UnlockStartError::ArchiveMissing(
+                        self.settings.images_path.display().to_string(),
+                    ))
                 }
             };
         }
@@ -199,7 +212,11 @@ impl UnlockService {
         self.apply(UnlockEvent::KeyFetched);
 
         let plaintext = self.clone().decrypting_archive(file, key, size);
-        let loaded = self.runtime.load(plaintext).await.map_err(|e| e.to_string())?;
+        let loaded = self
+            .runtime
+            .load(plaintext)
+            .await
+            .map_err(|e| e.to_string())?;
         tracing::info!("runtime loaded: {}", loaded.join(", "));
         if self.status().phase == UnlockPhase::Decrypting {
             // The runtime finished without reading to the end: the archive was not taken whole.
@@ -210,7 +227,10 @@ impl UnlockService {
             .await
             .map_err(|e| format!("cannot check the loaded images: {e}"))?;
         if !missing.is_empty() {
-            return Err(format!("images missing after the load: {}", missing.join(", ")));
+            return Err(format!(
+                "images missing after the load: {}",
+                missing.join(", ")
+            ));
         }
         self.apply(UnlockEvent::ImagesVerified);
         Ok(())
@@ -218,7 +238,12 @@ impl UnlockService {
 
     /// The archive file → plaintext, with progress; moves to `loading_images`
     /// once the last byte decrypted with valid padding, else ends in an error.
-    fn decrypting_archive(self: Arc<Self>, file: tokio::fs::File, key: AesKey, size: u64) -> ByteStream {
+    fn decrypting_archive(
+        self: Arc<Self>,
+        file: tokio::fs::File,
+        key: AesKey,
+        size: u64,
+    ) -> ByteStream {
         struct Pump {
             file: tokio::fs::File,
             decryptor: Option<Decryptor>,
@@ -246,7 +271,11 @@ impl UnlockService {
                     return match result {
                         Some(Ok(())) => {
                             p.service.apply(UnlockEvent::ArchiveStreamed);
-                            if out.is_empty() { None } else { Some((Ok(Bytes::from(out)), p)) }
+                            if out.is_empty() {
+                                None
+                            } else {
+                                Some((Ok(Bytes::from(out)), p))
+                            }
                         }
                         Some(Err(e)) => Some((
                             Err(std::io::Error::new(

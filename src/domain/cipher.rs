@@ -188,7 +188,7 @@ impl Decryptor {
         let total = self.pending_len + input.len();
         // Decrypt every full block except the last one when nothing partial follows it:
         // that one may be the final, padded block.
-        let decryptable = if total % BLOCK == 0 {
+        let decryptable = if total.is_multiple_of(BLOCK) {
             total.saturating_sub(BLOCK)
         } else {
             total / BLOCK * BLOCK
@@ -222,7 +222,7 @@ impl Decryptor {
             return Err(CipherError::TooShort(self.total_in));
         }
         let body = self.total_in - IV_LEN as u64;
-        if body % BLOCK as u64 != 0 || self.pending_len != BLOCK {
+        if !body.is_multiple_of(BLOCK as u64) || self.pending_len != BLOCK {
             return Err(CipherError::Misaligned(body));
         }
         let Some(cipher) = self.cipher.as_mut() else {

@@ -94,7 +94,12 @@ fn aes_cbc_matches_every_vector_one_shot_and_streamed() {
         let iv: [u8; 16] = unhex(&case.iv_hex).try_into().expect("16-byte iv");
         let plain = unhex(&case.plaintext_hex);
         let expected = unhex(&case.ciphertext_hex);
-        assert_eq!(super::cipher::encrypt(&key, iv, &plain), expected, "encrypt {}", case.plaintext_hex.len() / 2);
+        assert_eq!(
+            super::cipher::encrypt(&key, iv, &plain),
+            expected,
+            "encrypt {}",
+            case.plaintext_hex.len() / 2
+        );
         assert_eq!(decrypt(&key, &expected).unwrap(), plain);
         // Byte by byte through the streaming interfaces.
         let mut enc = Encryptor::new(&key, iv);
@@ -118,8 +123,18 @@ fn aes_cbc_matches_every_vector_one_shot_and_streamed() {
 fn split_matches_every_vector() {
     let v = vectors();
     for case in &v.split {
-        assert_eq!(small_part_len(case.encrypted_len), case.small_len, "n = {}", case.encrypted_len);
-        assert_eq!(big_part_len(case.encrypted_len), case.big_len, "n = {}", case.encrypted_len);
+        assert_eq!(
+            small_part_len(case.encrypted_len),
+            case.small_len,
+            "n = {}",
+            case.encrypted_len
+        );
+        assert_eq!(
+            big_part_len(case.encrypted_len),
+            case.big_len,
+            "n = {}",
+            case.encrypted_len
+        );
     }
 }
 
@@ -128,15 +143,21 @@ fn resource_round_trip_vectors_decrypt_through_the_per_user_small_part() {
     let v = vectors();
     for case in &v.resource_roundtrip {
         let hw = hardware_hash(&case.hardware);
-        let user_key = AesKey::from_key_string(&api_key(&case.email, &SecretString::new(case.password.clone()), &hw));
-        let small = decrypt(&user_key, &unhex(&case.small_on_wire_hex)).expect("small part decrypts with the API key");
+        let user_key = AesKey::from_key_string(&api_key(
+            &case.email,
+            &SecretString::new(case.password.clone()),
+            &hw,
+        ));
+        let small = decrypt(&user_key, &unhex(&case.small_on_wire_hex))
+            .expect("small part decrypts with the API key");
         let big = unhex(&case.big_hex);
         let joined: Vec<u8> = small.iter().chain(big.iter()).copied().collect();
         // The split the vector used is the one of §1.3.
         assert_eq!(small.len() as u64, small_part_len(joined.len() as u64));
         let (s, b) = split(&joined);
         assert_eq!((s, b), (&small[..], &big[..]));
-        let plain = decrypt(&AesKey::from_key_string(&resource_key()), &joined).expect("resource decrypts");
+        let plain =
+            decrypt(&AesKey::from_key_string(&resource_key()), &joined).expect("resource decrypts");
         assert_eq!(plain, unhex(&case.plaintext_hex));
     }
 }
@@ -148,8 +169,14 @@ fn archive_vectors_use_the_fragment_hash_as_the_key() {
         let key = AesKey::from_archive_fragment(&unhex(&case.fragment_hex));
         assert_eq!(key.as_bytes().to_vec(), unhex(&case.aes_key_hex));
         let encrypted = unhex(&case.encrypted_hex);
-        assert_eq!(decrypt(&key, &encrypted).unwrap(), unhex(&case.plaintext_hex));
+        assert_eq!(
+            decrypt(&key, &encrypted).unwrap(),
+            unhex(&case.plaintext_hex)
+        );
         let iv: [u8; 16] = encrypted[..16].try_into().unwrap();
-        assert_eq!(super::cipher::encrypt(&key, iv, &unhex(&case.plaintext_hex)), encrypted);
+        assert_eq!(
+            super::cipher::encrypt(&key, iv, &unhex(&case.plaintext_hex)),
+            encrypted
+        );
     }
 }

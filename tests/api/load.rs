@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::support::{FOLDER, TestApp, pattern};
 use azaion_loader::adapters::fakes::FakeRoute;
 use azaion_loader::domain::cache_record::small_part_digest;
-use azaion_loader::ports::{ApiError, StoreError};
+use azaion_loader::ports::{ApiError, Clock, StoreError};
 
 #[tokio::test]
 async fn load_returns_the_decrypted_resource_and_fills_the_cache() {
@@ -26,16 +26,35 @@ async fn a_second_load_is_served_from_the_cache_without_the_cdn() {
     let app = TestApp::logged_in().await;
     let plain = pattern(50_000, 2);
     app.seed(FOLDER, "m.bin", &plain);
-    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(
+        app.load("m.bin", FOLDER)
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+        plain
+    );
     app.store.remove_object(FOLDER, "m.bin.big");
-    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(
+        app.load("m.bin", FOLDER)
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+        plain
+    );
     assert_eq!(app.store.gets().len(), 1);
 }
 
 #[tokio::test]
 async fn load_works_for_empty_and_tiny_resources() {
     let app = TestApp::logged_in().await;
-    for (i, len) in [0usize, 1, 15, 16, 17, 3072, 10_240].into_iter().enumerate() {
+    for (i, len) in [0usize, 1, 15, 16, 17, 3072, 10_240]
+        .into_iter()
+        .enumerate()
+    {
         let name = format!("r{i}.bin");
         let plain = pattern(len, i as u8);
         app.seed(FOLDER, &name, &plain);
@@ -50,11 +69,27 @@ async fn a_stale_cached_big_part_is_never_served_and_is_replaced_from_the_cdn() 
     let app = TestApp::logged_in().await;
     let old = pattern(40_000, 3);
     app.seed(FOLDER, "m.bin", &old);
-    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), old);
+    assert_eq!(
+        app.load("m.bin", FOLDER)
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+        old
+    );
     // Re-uploaded elsewhere: new small part at the API, new big part in the CDN.
     let new = pattern(40_000, 4);
     let (_, new_big) = app.seed(FOLDER, "m.bin", &new);
-    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), new);
+    assert_eq!(
+        app.load("m.bin", FOLDER)
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+        new
+    );
     assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), new_big);
 }
 
@@ -78,9 +113,26 @@ async fn a_big_part_left_by_an_older_small_part_is_treated_as_stale() {
     let app = TestApp::logged_in().await;
     let plain = pattern(20_000, 6);
     let (_, big) = app.seed(FOLDER, "m.bin", &plain);
-    app.cache.insert_raw(FOLDER, "m.bin", small_part_digest(b"some older small part"), big.clone());
-    assert_eq!(app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(), plain);
-    assert_eq!(app.store.gets().len(), 1, "the CDN was read instead of the stale entry");
+    app.cache.insert_raw(
+        FOLDER,
+        "m.bin",
+        small_part_digest(b"some older small part"),
+        big.clone(),
+    );
+    assert_eq!(
+        app.load("m.bin", FOLDER)
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+        plain
+    );
+    assert_eq!(
+        app.store.gets().len(),
+        1,
+        "the CDN was read instead of the stale entry"
+    );
 }
 
 #[tokio::test]
@@ -90,7 +142,12 @@ async fn load_returns_404_when_the_cdn_has_no_big_part() {
     app.store.remove_object(FOLDER, "m.bin.big");
     let r = app.load("m.bin", FOLDER).await;
     assert_eq!(r.status(), 404);
-    assert!(TestApp::json(r).await["detail"].as_str().unwrap().contains("m.bin"));
+    assert!(
+        TestApp::json(r).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("m.bin")
+    );
     assert!(!app.cache.contains(FOLDER, "m.bin"));
 }
 
@@ -106,14 +163,20 @@ async fn load_returns_401_before_login() {
     app.seed(FOLDER, "m.bin", &pattern(100, 8));
     let r = app.load("m.bin", FOLDER).await;
     assert_eq!(r.status(), 401);
-    assert!(TestApp::json(r).await["detail"].as_str().unwrap().contains("login"));
+    assert!(
+        TestApp::json(r).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("login")
+    );
 }
 
 #[tokio::test]
 async fn load_returns_403_when_the_api_refuses_the_device() {
     let app = TestApp::logged_in().await;
     app.seed(FOLDER, "m.bin", &pattern(100, 9));
-    app.api.fail_next(FakeRoute::GetResource, 1, ApiError::DeviceMismatch);
+    app.api
+        .fail_next(FakeRoute::GetResource, 1, ApiError::DeviceMismatch);
     assert_eq!(app.load("m.bin", FOLDER).await.status(), 403);
 }
 
@@ -121,9 +184,17 @@ async fn load_returns_403_when_the_api_refuses_the_device() {
 async fn load_returns_5xx_when_the_api_fails() {
     let app = TestApp::logged_in().await;
     app.seed(FOLDER, "m.bin", &pattern(100, 10));
-    app.api.fail_next(FakeRoute::GetResource, 1, ApiError::Upstream { status: 500 });
+    app.api.fail_next(
+        FakeRoute::GetResource,
+        1,
+        ApiError::Upstream { status: 500 },
+    );
     assert_eq!(app.load("m.bin", FOLDER).await.status(), 502);
-    app.api.fail_next(FakeRoute::GetResource, 1, ApiError::Unavailable("down".into()));
+    app.api.fail_next(
+        FakeRoute::GetResource,
+        1,
+        ApiError::Unavailable("down".into()),
+    );
     assert_eq!(app.load("m.bin", FOLDER).await.status(), 503);
 }
 
@@ -131,7 +202,8 @@ async fn load_returns_5xx_when_the_api_fails() {
 async fn load_returns_5xx_when_the_cdn_fails() {
     let app = TestApp::logged_in().await;
     app.seed(FOLDER, "m.bin", &pattern(20_000, 11));
-    app.store.fail_next_gets(1, StoreError::Unavailable("down".into()));
+    app.store
+        .fail_next_gets(1, StoreError::Unavailable("down".into()));
     assert_eq!(app.load("m.bin", FOLDER).await.status(), 503);
     assert!(!app.cache.contains(FOLDER, "m.bin"));
 }
@@ -146,18 +218,29 @@ async fn an_expired_token_is_renewed_once_and_the_load_succeeds() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
     assert_eq!(app.api.calls(FakeRoute::Login), 2);
-    assert_eq!(app.api.calls(FakeRoute::GetResource), 3, "cdn.yaml, refused call, repeated call");
-    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], true);
+    assert_eq!(
+        app.api.calls(FakeRoute::GetResource),
+        3,
+        "cdn.yaml, refused call, repeated call"
+    );
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        true
+    );
 }
 
 #[tokio::test]
 async fn a_second_refusal_after_renewal_answers_401_and_status_turns_unauthenticated() {
     let app = TestApp::logged_in().await;
     app.seed(FOLDER, "m.bin", &pattern(100, 13));
-    app.api.fail_next(FakeRoute::GetResource, 2, ApiError::Unauthorized);
+    app.api
+        .fail_next(FakeRoute::GetResource, 2, ApiError::Unauthorized);
     assert_eq!(app.load("m.bin", FOLDER).await.status(), 401);
     assert_eq!(app.api.calls(FakeRoute::Login), 2, "exactly one renewal");
-    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], false);
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        false
+    );
 }
 
 #[tokio::test]
@@ -167,7 +250,10 @@ async fn a_renewal_refused_by_the_api_logs_out() {
     app.api.expire_tokens();
     app.api.add_user(crate::support::EMAIL, "password changed");
     assert_eq!(app.load("m.bin", FOLDER).await.status(), 401);
-    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], false);
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        false
+    );
 }
 
 #[tokio::test]
@@ -201,11 +287,14 @@ async fn concurrent_requests_with_an_expired_token_renew_it_once() {
     let app = std::sync::Arc::new(TestApp::logged_in().await);
     app.seed(FOLDER, "m.bin", &pattern(1000, 15));
     app.api.expire_tokens();
-    app.api.stall_next(FakeRoute::Login, 1, Duration::from_millis(100));
+    app.api
+        .stall_next(FakeRoute::Login, 1, Duration::from_millis(100));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let app = app.clone();
-        tasks.push(tokio::spawn(async move { app.load("m.bin", FOLDER).await.status() }));
+        tasks.push(tokio::spawn(async move {
+            app.load("m.bin", FOLDER).await.status()
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
@@ -222,7 +311,13 @@ async fn a_cdn_read_cut_midway_resumes_from_where_it_stopped() {
     let r = app.load("m.bin", FOLDER).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
-    assert_eq!(app.store.gets(), vec![("m.bin.big".to_owned(), 0), ("m.bin.big".to_owned(), 100_000)]);
+    assert_eq!(
+        app.store.gets(),
+        vec![
+            ("m.bin.big".to_owned(), 0),
+            ("m.bin.big".to_owned(), 100_000)
+        ]
+    );
     assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
 }
 
@@ -277,12 +372,19 @@ async fn bad_names_and_folders_answer_400_before_any_io() {
         ("ok.bin", "../etc"),
         ("ok.bin", ""),
     ] {
-        let r = app.post_json(&format!("/load/{name}"), json!({"folder": folder})).await;
+        let r = app
+            .post_json(&format!("/load/{name}"), json!({"folder": folder}))
+            .await;
         assert_eq!(r.status(), 400, "{name} in {folder}");
         assert!(TestApp::json(r).await["detail"].is_string());
     }
     let long = "a".repeat(201);
-    assert_eq!(app.post_json(&format!("/load/{long}"), json!({"folder": FOLDER})).await.status(), 400);
+    assert_eq!(
+        app.post_json(&format!("/load/{long}"), json!({"folder": FOLDER}))
+            .await
+            .status(),
+        400
+    );
     assert_eq!(app.api.calls(FakeRoute::GetResource), calls_before);
     assert!(app.store.gets().is_empty());
 }
@@ -290,7 +392,12 @@ async fn bad_names_and_folders_answer_400_before_any_io() {
 #[tokio::test]
 async fn a_body_filename_that_differs_from_the_path_answers_400() {
     let app = TestApp::logged_in().await;
-    let r = app.post_json("/load/a.bin", json!({"filename": "b.bin", "folder": FOLDER})).await;
+    let r = app
+        .post_json(
+            "/load/a.bin",
+            json!({"filename": "b.bin", "folder": FOLDER}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
 }
 
@@ -298,17 +405,82 @@ async fn a_body_filename_that_differs_from_the_path_answers_400() {
 async fn shape_is_checked_before_names_and_names_before_login() {
     let app = TestApp::spawn().await;
     // Not logged in, bad name, malformed body → 422 (shape first).
-    assert_eq!(app.post_json("/load/a%20b", json!({"nofolder": 1})).await.status(), 422);
+    assert_eq!(
+        app.post_json("/load/a%20b", json!({"nofolder": 1}))
+            .await
+            .status(),
+        422
+    );
     // Not logged in, bad name, good shape → 400 (names before login).
-    assert_eq!(app.post_json("/load/a%20b", json!({"folder": FOLDER})).await.status(), 400);
+    assert_eq!(
+        app.post_json("/load/a%20b", json!({"folder": FOLDER}))
+            .await
+            .status(),
+        400
+    );
     // Not logged in, good everything → 401.
-    assert_eq!(app.post_json("/load/a.bin", json!({"folder": FOLDER})).await.status(), 401);
+    assert_eq!(
+        app.post_json("/load/a.bin", json!({"folder": FOLDER}))
+            .await
+            .status(),
+        401
+    );
 }
 
 #[tokio::test]
 async fn an_oversized_json_body_is_refused() {
     let app = TestApp::spawn().await;
     let huge = "x".repeat(200_000);
-    let r = app.post_json("/load/a.bin", json!({"folder": FOLDER, "pad": huge})).await;
+    let r = app
+        .post_json("/load/a.bin", json!({"folder": FOLDER, "pad": huge}))
+        .await;
     assert_eq!(r.status(), 413);
+}
+
+#[tokio::test]
+async fn a_token_about_to_expire_is_renewed_before_the_call() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(1000, 19));
+    // The fake's tokens expire at 4_000_000_000; move to 30 s before that.
+    let now = app.clock.unix_secs();
+    app.clock
+        .advance(Duration::from_secs(4_000_000_000 - 30 - now));
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 200);
+    assert_eq!(
+        app.api.calls(FakeRoute::Login),
+        2,
+        "renewed ahead of expiry"
+    );
+    assert_eq!(
+        app.api.calls(FakeRoute::GetResource),
+        2,
+        "no refused call was needed"
+    );
+}
+
+#[tokio::test]
+async fn the_fingerprint_is_probed_once_so_it_stays_the_same_for_the_process() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(1000, 20));
+    let bound = app.api.bound_hardware(crate::support::EMAIL).unwrap();
+    app.hardware.set_broken(true);
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 200);
+    assert_eq!(
+        app.api.bound_hardware(crate::support::EMAIL).unwrap(),
+        bound
+    );
+}
+
+#[tokio::test]
+async fn login_fails_clearly_when_the_hardware_cannot_be_read() {
+    let app = TestApp::spawn().await;
+    app.hardware.set_broken(true);
+    let r = app.login().await;
+    assert_eq!(r.status(), 500);
+    assert!(
+        TestApp::json(r).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("hardware")
+    );
 }

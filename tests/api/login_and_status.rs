@@ -31,29 +31,48 @@ async fn login_succeeds_fetches_cdn_yaml_and_status_turns_authenticated() {
     let r = app.login().await;
     assert_eq!(r.status(), 200);
     assert_eq!(TestApp::json(r).await, json!({"status": "ok"}));
-    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], true);
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        true
+    );
     // The CDN was configured from the decrypted cdn.yaml.
     assert_eq!(app.connector.configs_seen(), vec![cdn_config()]);
     // The device got bound to this hardware fingerprint.
     let bound = app.api.bound_hardware(EMAIL).unwrap();
-    assert!(bound.starts_with("CPU: Fake CPU. GPU: Fake GPU. Memory: 8000000. DriveSerial: FAKE-SERIAL-1"));
+    assert!(
+        bound.starts_with(
+            "CPU: Fake CPU. GPU: Fake GPU. Memory: 8000000. DriveSerial: FAKE-SERIAL-1"
+        )
+    );
 }
 
 #[tokio::test]
 async fn login_with_a_wrong_password_answers_401_and_stays_unauthenticated() {
     let app = TestApp::spawn().await;
-    let r = app.post_json("/login", json!({"email": EMAIL, "password": "wrong"})).await;
+    let r = app
+        .post_json("/login", json!({"email": EMAIL, "password": "wrong"}))
+        .await;
     assert_eq!(r.status(), 401);
     let v = TestApp::json(r).await;
     assert!(v["detail"].as_str().unwrap().contains("refused"));
-    assert!(!v.to_string().contains("wrong"), "the body must not echo the password");
-    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], false);
+    assert!(
+        !v.to_string().contains("wrong"),
+        "the body must not echo the password"
+    );
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        false
+    );
 }
 
 #[tokio::test]
 async fn login_answers_401_when_the_api_is_unreachable() {
     let app = TestApp::spawn().await;
-    app.api.fail_next(FakeRoute::Login, 1, ApiError::Unavailable("connection refused".into()));
+    app.api.fail_next(
+        FakeRoute::Login,
+        1,
+        ApiError::Unavailable("connection refused".into()),
+    );
     assert_eq!(app.login().await.status(), 401);
 }
 
@@ -61,13 +80,22 @@ async fn login_answers_401_when_the_api_is_unreachable() {
 async fn login_answers_401_when_cdn_yaml_does_not_decrypt_or_parse() {
     let app = TestApp::spawn().await;
     // Stored under another user's key: the fake re-encrypts for us, so plant bytes that are not YAML.
-    app.api.put_file(None, "cdn.yaml", b"host: [unterminated".to_vec());
+    app.api
+        .put_file(None, "cdn.yaml", b"host: [unterminated".to_vec());
     let r = app.login().await;
     assert_eq!(r.status(), 401);
-    assert!(TestApp::json(r).await["detail"].as_str().unwrap().contains("cdn.yaml"));
+    assert!(
+        TestApp::json(r).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cdn.yaml")
+    );
     app.api.remove_file(None, "cdn.yaml");
     assert_eq!(app.login().await.status(), 401);
-    assert_eq!(TestApp::json(app.get("/status").await).await["authenticated"], false);
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        false
+    );
 }
 
 #[tokio::test]
@@ -86,7 +114,13 @@ async fn login_rejects_a_malformed_body_with_a_detail() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(TestApp::json(r).await["detail"].is_string());
-    let r = app.client.post(app.url("/login")).body("x").send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/login"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
 }
 

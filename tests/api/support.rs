@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use azaion_loader::adapters::fakes::{
-    FakeCache, FakeClock, FakeHardware, FakeObjectStore, FakeObjectStoreConnector, FakeResourceApi, FakeRuntime,
+    FakeCache, FakeClock, FakeHardware, FakeObjectStore, FakeObjectStoreConnector, FakeResourceApi,
+    FakeRuntime,
 };
 use azaion_loader::app::config::Config;
 use azaion_loader::app::{Application, Ports};
@@ -83,7 +84,9 @@ impl TestApp {
             clock: clock.clone(),
         };
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let app = Application::build(&config, ports).await.expect("app builds");
+        let app = Application::build(&config, ports)
+            .await
+            .expect("app builds");
         let addr = app.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(app.serve(async {
@@ -98,7 +101,10 @@ impl TestApp {
             hardware,
             runtime,
             clock,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
             config,
             dir,
             _shutdown: tx,
@@ -110,32 +116,54 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client.post(self.url(path)).json(&body).send().await.expect("request")
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn login(&self) -> reqwest::Response {
-        self.post_json("/login", json!({"email": EMAIL, "password": PASSWORD})).await
+        self.post_json("/login", json!({"email": EMAIL, "password": PASSWORD}))
+            .await
     }
 
     pub async fn logged_in() -> Self {
         let app = Self::spawn().await;
         let r = app.login().await;
-        assert_eq!(r.status(), 200, "login: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            200,
+            "login: {}",
+            r.text().await.unwrap_or_default()
+        );
         app
     }
 
     pub async fn load(&self, name: &str, folder: &str) -> reqwest::Response {
-        self.post_json(&format!("/load/{name}"), json!({"filename": name, "folder": folder})).await
+        self.post_json(
+            &format!("/load/{name}"),
+            json!({"filename": name, "folder": folder}),
+        )
+        .await
     }
 
     pub async fn upload(&self, name: &str, folder: &str, data: Vec<u8>) -> reqwest::Response {
         let form = reqwest::multipart::Form::new()
             .text("folder", folder.to_owned())
-            .part("data", reqwest::multipart::Part::bytes(data).file_name(name.to_owned()));
+            .part(
+                "data",
+                reqwest::multipart::Part::bytes(data).file_name(name.to_owned()),
+            );
         self.client
             .post(self.url(&format!("/upload/{name}")))
             .multipart(form)
@@ -152,8 +180,10 @@ impl TestApp {
         let encrypted = encrypt(&AesKey::from_key_string(&resource_key()), iv, plaintext);
         let (small, big) = split(&encrypted);
         let (small, big) = (Bytes::copy_from_slice(small), Bytes::copy_from_slice(big));
-        self.api.put_file(Some(folder), &format!("{name}.small"), small.clone());
-        self.store.put_object(folder, &format!("{name}.big"), big.clone());
+        self.api
+            .put_file(Some(folder), &format!("{name}.small"), small.clone());
+        self.store
+            .put_object(folder, &format!("{name}.big"), big.clone());
         (small, big)
     }
 
@@ -178,7 +208,9 @@ impl TestApp {
         let mut found = Vec::new();
         let mut stack = vec![self.dir.path().to_path_buf()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if path.starts_with(&self.config.model_cache_dir) {
@@ -196,5 +228,7 @@ impl TestApp {
 }
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }

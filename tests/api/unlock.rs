@@ -53,7 +53,9 @@ async fn unlock_decrypts_the_archive_into_the_runtime_and_reaches_ready() {
     assert_eq!(v["progress"]["bytes_done"], size as u64);
     assert_eq!(v["progress"]["bytes_total"], size as u64);
     // Nothing but the archive itself exists beside it: no plaintext tar.
-    let beside: Vec<_> = std::fs::read_dir(app.config.images_path.parent().unwrap()).unwrap().collect();
+    let beside: Vec<_> = std::fs::read_dir(app.config.images_path.parent().unwrap())
+        .unwrap()
+        .collect();
     assert_eq!(beside.len(), 1);
 }
 
@@ -62,7 +64,10 @@ async fn a_second_unlock_during_a_run_starts_nothing_and_answers_the_current_sta
     let app = app_with_images(&[IMAGE]).await;
     write_archive(&app, FRAGMENT, &[IMAGE], 100_000);
     app.runtime.hold_loads();
-    assert_eq!(TestApp::json(app.post_json("/unlock", creds()).await).await["state"], "authenticating");
+    assert_eq!(
+        TestApp::json(app.post_json("/unlock", creds()).await).await["state"],
+        "authenticating"
+    );
     let running = app.wait_unlock(&["decrypting", "loading_images"]).await;
     let again = TestApp::json(app.post_json("/unlock", creds()).await).await;
     assert_eq!(again["state"], running["state"]);
@@ -77,7 +82,10 @@ async fn two_concurrent_unlocks_start_one_run() {
     let app = std::sync::Arc::new(app_with_images(&[IMAGE]).await);
     write_archive(&app, FRAGMENT, &[IMAGE], 100_000);
     app.runtime.hold_loads();
-    let (a, b) = tokio::join!(app.post_json("/unlock", creds()), app.post_json("/unlock", creds()));
+    let (a, b) = tokio::join!(
+        app.post_json("/unlock", creds()),
+        app.post_json("/unlock", creds())
+    );
     assert_eq!(a.status(), 200);
     assert_eq!(b.status(), 200);
     app.runtime.release_loads();
@@ -112,7 +120,8 @@ async fn a_truncated_archive_lands_in_error() {
 async fn wrong_credentials_land_in_error_with_the_reason() {
     let app = app_with_images(&[IMAGE]).await;
     write_archive(&app, FRAGMENT, &[IMAGE], 1000);
-    app.post_json("/unlock", json!({"email": EMAIL, "password": "nope"})).await;
+    app.post_json("/unlock", json!({"email": EMAIL, "password": "nope"}))
+        .await;
     let v = app.wait_unlock(&["ready", "error"]).await;
     assert_eq!(v["state"], "error");
     assert!(v["error"].as_str().unwrap().contains("login"));
@@ -133,7 +142,11 @@ async fn an_unreachable_runtime_lands_in_error() {
 async fn an_unlock_failure_then_a_retry_reaches_ready() {
     let app = app_with_images(&[IMAGE]).await;
     write_archive(&app, FRAGMENT, &[IMAGE], 10_000);
-    app.api.fail_next(FakeRoute::KeyFragment, 1, ApiError::Upstream { status: 500 });
+    app.api.fail_next(
+        FakeRoute::KeyFragment,
+        1,
+        ApiError::Upstream { status: 500 },
+    );
     app.post_json("/unlock", creds()).await;
     assert_eq!(app.wait_unlock(&["ready", "error"]).await["state"], "error");
     let r = app.post_json("/unlock", creds()).await;
@@ -157,7 +170,8 @@ async fn a_load_that_leaves_an_expected_image_missing_lands_in_error_naming_it()
 async fn a_runtime_load_error_lands_in_error() {
     let app = app_with_images(&[IMAGE]).await;
     write_archive(&app, FRAGMENT, &[IMAGE], 1000);
-    app.runtime.fail_next_load(RuntimeError::LoadFailed("invalid tar header".into()));
+    app.runtime
+        .fail_next_load(RuntimeError::LoadFailed("invalid tar header".into()));
     app.post_json("/unlock", creds()).await;
     let v = app.wait_unlock(&["ready", "error"]).await;
     assert!(v["error"].as_str().unwrap().contains("invalid tar header"));
@@ -188,8 +202,16 @@ async fn archive_missing_with_images_absent_answers_404() {
     let app = app_with_images(&[IMAGE]).await;
     let r = app.post_json("/unlock", creds()).await;
     assert_eq!(r.status(), 404);
-    assert!(TestApp::json(r).await["detail"].as_str().unwrap().contains("missing"));
-    assert_eq!(TestApp::json(app.get("/unlock/status").await).await["state"], "idle");
+    assert!(
+        TestApp::json(r).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("missing")
+    );
+    assert_eq!(
+        TestApp::json(app.get("/unlock/status").await).await["state"],
+        "idle"
+    );
 }
 
 #[tokio::test]
@@ -205,5 +227,10 @@ async fn with_no_expected_images_a_missing_archive_answers_404_and_an_existing_o
 #[tokio::test]
 async fn unlock_rejects_a_malformed_body() {
     let app = TestApp::spawn().await;
-    assert_eq!(app.post_json("/unlock", json!({"email": EMAIL})).await.status(), 422);
+    assert_eq!(
+        app.post_json("/unlock", json!({"email": EMAIL}))
+            .await
+            .status(),
+        422
+    );
 }

@@ -46,7 +46,10 @@ impl Loader {
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
         let base = loop {
-            let line = lines.next().expect("loader printed its address").expect("stderr line");
+            let line = lines
+                .next()
+                .expect("loader printed its address")
+                .expect("stderr line");
             if let Some(at) = line.find("listening on http://") {
                 break line[at + "listening on ".len()..].trim().to_owned();
             }
@@ -56,7 +59,10 @@ impl Loader {
         Self {
             child,
             base,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(600)).build().unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()
+                .unwrap(),
         }
     }
 
@@ -77,7 +83,8 @@ impl Loader {
 
     /// Peak resident memory of the loader process (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -121,8 +128,11 @@ fn expected_digest(seed: u64, len: u64) -> [u8; 32] {
 }
 
 async fn upload(loader: &Loader, name: &str, seed: u64, len: u64) {
-    let part = reqwest::multipart::Part::stream_with_length(body_stream(seed, len), len).file_name(name.to_owned());
-    let form = reqwest::multipart::Form::new().text("folder", DEMO_FOLDER).part("data", part);
+    let part = reqwest::multipart::Part::stream_with_length(body_stream(seed, len), len)
+        .file_name(name.to_owned());
+    let form = reqwest::multipart::Form::new()
+        .text("folder", DEMO_FOLDER)
+        .part("data", part);
     let r = loader
         .client
         .post(loader.url(&format!("/upload/{name}")))
@@ -130,7 +140,12 @@ async fn upload(loader: &Loader, name: &str, seed: u64, len: u64) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "upload {name}: {}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        200,
+        "upload {name}: {}",
+        r.text().await.unwrap()
+    );
 }
 
 async fn download_digest(loader: &Loader, name: &str) -> ([u8; 32], u64) {
@@ -169,7 +184,12 @@ async fn resources_of_every_size_round_trip_byte_exact_through_the_real_stack() 
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().starts_with("Hello from Azaion Loader"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .starts_with("Hello from Azaion Loader")
+    );
 
     let sizes: [(u64, &str); 5] = [
         (0, "zero.bin"),
@@ -181,8 +201,19 @@ async fn resources_of_every_size_round_trip_byte_exact_through_the_real_stack() 
     for (seed, (len, name)) in sizes.iter().enumerate() {
         upload(&loader, name, seed as u64, *len).await;
         // The big part is in S3 under {name}.big and the small part at the API.
-        assert!(peers.emulator.file(Some(DEMO_FOLDER), &format!("{name}.small")).is_some());
-        assert!(dir.path().join("s3").join(DEMO_FOLDER).join(format!("{name}.big")).exists());
+        assert!(
+            peers
+                .emulator
+                .file(Some(DEMO_FOLDER), &format!("{name}.small"))
+                .is_some()
+        );
+        assert!(
+            dir.path()
+                .join("s3")
+                .join(DEMO_FOLDER)
+                .join(format!("{name}.big"))
+                .exists()
+        );
         // Served from the cache filled by the upload.
         let (digest, got) = download_digest(&loader, name).await;
         assert_eq!(got, *len, "{name}");
@@ -192,10 +223,18 @@ async fn resources_of_every_size_round_trip_byte_exact_through_the_real_stack() 
     std::fs::remove_dir_all(dir.path().join("cache").join(DEMO_FOLDER)).unwrap();
     for (seed, (len, name)) in sizes.iter().enumerate() {
         let (digest, got) = download_digest(&loader, name).await;
-        assert_eq!((digest, got), (expected_digest(seed as u64, *len), *len), "{name} from S3");
+        assert_eq!(
+            (digest, got),
+            (expected_digest(seed as u64, *len), *len),
+            "{name} from S3"
+        );
     }
     let peak = loader.peak_rss_kib();
-    println!("loader peak RSS after 256 MiB upload + downloads: {} KiB ({:.1} MiB)", peak, peak as f64 / 1024.0);
+    println!(
+        "loader peak RSS after 256 MiB upload + downloads: {} KiB ({:.1} MiB)",
+        peak,
+        peak as f64 / 1024.0
+    );
     assert!(peak > 0, "VmHWM readable");
 }
 
@@ -217,10 +256,19 @@ async fn a_stale_or_damaged_file_in_the_real_cache_is_replaced_from_s3() {
     assert_eq!(digest, expected_digest(7, 100_000));
     // Re-upload other content under the same name elsewhere (directly to the peers):
     // the cached file now belongs to an old small part.
-    dev::seed_resource(&peers.emulator, &peers.cdn, DEMO_FOLDER, "m.bin", chunk_of(8, 0, 50_000).into())
-        .await
-        .unwrap();
+    dev::seed_resource(
+        &peers.emulator,
+        &peers.cdn,
+        DEMO_FOLDER,
+        "m.bin",
+        chunk_of(8, 0, 50_000).into(),
+    )
+    .await
+    .unwrap();
     let (digest, len) = download_digest(&loader, "m.bin").await;
     assert_eq!(len, 50_000);
-    assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(chunk_of(8, 0, 50_000))));
+    assert_eq!(
+        digest,
+        <[u8; 32]>::from(Sha256::digest(chunk_of(8, 0, 50_000)))
+    );
 }

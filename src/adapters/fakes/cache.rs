@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use super::lock;
 use crate::domain::cache_record::{BigPartChecksum, CacheRecord};
 use crate::domain::names::{Folder, ResourceName};
-use crate::ports::{BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, ObjectBody};
+use crate::ports::{
+    BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, ObjectBody,
+};
 
 type Key = (String, String);
 
@@ -36,7 +38,9 @@ impl FakeCache {
     }
 
     pub fn contains(&self, folder: &str, name: &str) -> bool {
-        lock(&self.state).entries.contains_key(&(folder.to_owned(), name.to_owned()))
+        lock(&self.state)
+            .entries
+            .contains_key(&(folder.to_owned(), name.to_owned()))
     }
 
     pub fn data(&self, folder: &str, name: &str) -> Option<Bytes> {
@@ -111,7 +115,10 @@ impl BigPartCache for FakeCache {
             return Ok(CacheLookup::Damaged);
         }
         let len = data.len() as u64;
-        let pieces: Vec<std::io::Result<Bytes>> = data.chunks(48 * 1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let pieces: Vec<std::io::Result<Bytes>> = data
+            .chunks(48 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
         Ok(CacheLookup::Hit(ObjectBody {
             len,
             stream: Box::pin(futures::stream::iter(pieces)),
@@ -192,7 +199,8 @@ impl CacheWriter for FakeCacheWriter {
             checksum: self.sum.finish(),
         };
         let mut s = lock(&self.cache);
-        s.entries.insert(self.key.clone(), (record, self.data.clone().freeze()));
+        s.entries
+            .insert(self.key.clone(), (record, self.data.clone().freeze()));
         s.commits += 1;
         Ok(())
     }

@@ -56,15 +56,21 @@ impl FakeObjectStore {
     pub fn put_object(&self, bucket: &str, key: &str, data: impl Into<Bytes>) {
         let mut s = lock(&self.state);
         s.buckets.insert(bucket.to_owned());
-        s.objects.insert((bucket.to_owned(), key.to_owned()), data.into());
+        s.objects
+            .insert((bucket.to_owned(), key.to_owned()), data.into());
     }
 
     pub fn object(&self, bucket: &str, key: &str) -> Option<Bytes> {
-        lock(&self.state).objects.get(&(bucket.to_owned(), key.to_owned())).cloned()
+        lock(&self.state)
+            .objects
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .cloned()
     }
 
     pub fn remove_object(&self, bucket: &str, key: &str) {
-        lock(&self.state).objects.remove(&(bucket.to_owned(), key.to_owned()));
+        lock(&self.state)
+            .objects
+            .remove(&(bucket.to_owned(), key.to_owned()));
     }
 
     pub fn fail_next_gets(&self, count: usize, error: StoreError) {
@@ -109,7 +115,11 @@ impl ObjectStore for FakeObjectStore {
                 .get(&(bucket.as_str().to_owned(), key.to_owned()))
                 .cloned()
                 .ok_or_else(|| StoreError::NoSuchKey(key.to_owned()))?;
-            let cut = if s.cut_reads.is_empty() { None } else { Some(s.cut_reads.remove(0)) };
+            let cut = if s.cut_reads.is_empty() {
+                None
+            } else {
+                Some(s.cut_reads.remove(0))
+            };
             (data, cut)
         };
         let start = (from as usize).min(data.len());
@@ -124,7 +134,10 @@ impl ObjectStore for FakeObjectStore {
             .step_by(chunk)
             .map(|at| Ok(served.slice(at..(at + chunk).min(served.len()))))
             .chain(cut.map(|_| {
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fake: connection cut"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "fake: connection cut",
+                ))
             }))
             .collect();
         Ok(ObjectBody {
@@ -133,7 +146,12 @@ impl ObjectStore for FakeObjectStore {
         })
     }
 
-    async fn put(&self, bucket: &Folder, key: &str, mut body: ByteStream) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        bucket: &Folder,
+        key: &str,
+        mut body: ByteStream,
+    ) -> Result<(), StoreError> {
         *lock(&self.puts) += 1;
         self.put_faults.apply().await?;
         if !lock(&self.state).buckets.contains(bucket.as_str()) {
@@ -141,7 +159,8 @@ impl ObjectStore for FakeObjectStore {
         }
         let mut all = BytesMut::new();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Unexpected(format!("upload body failed: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| StoreError::Unexpected(format!("upload body failed: {e}")))?;
             all.extend_from_slice(&chunk);
         }
         lock(&self.state)

@@ -52,14 +52,17 @@ impl FakeResourceApi {
     }
 
     pub fn add_user(&self, email: &str, password: &str) {
-        lock(&self.state).users.insert(email.to_owned(), password.to_owned());
+        lock(&self.state)
+            .users
+            .insert(email.to_owned(), password.to_owned());
     }
 
     /// Stores a file as the API keeps it (plaintext; it encrypts per caller on the way out).
     pub fn put_file(&self, folder: Option<&str>, name: &str, data: impl Into<Bytes>) {
-        lock(&self.state)
-            .files
-            .insert((folder.unwrap_or_default().to_owned(), name.to_owned()), data.into());
+        lock(&self.state).files.insert(
+            (folder.unwrap_or_default().to_owned(), name.to_owned()),
+            data.into(),
+        );
     }
 
     pub fn file(&self, folder: Option<&str>, name: &str) -> Option<Bytes> {
@@ -116,7 +119,10 @@ impl FakeResourceApi {
         if s.revoked.contains(token.expose()) {
             return Err(ApiError::Unauthorized);
         }
-        s.tokens.get(token.expose()).cloned().ok_or(ApiError::Unauthorized)
+        s.tokens
+            .get(token.expose())
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
     }
 }
 

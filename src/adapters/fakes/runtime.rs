@@ -80,7 +80,8 @@ impl FakeRuntime {
     }
 
     pub fn release_loads(&self) {
-        self.gate.add_permits(Semaphore::MAX_PERMITS - self.gate.available_permits());
+        self.gate
+            .add_permits(Semaphore::MAX_PERMITS - self.gate.available_permits());
     }
 
     pub fn loads(&self) -> usize {
@@ -114,13 +115,16 @@ impl ContainerRuntime for FakeRuntime {
         self.load_faults.apply().await?;
         let mut all = Vec::new();
         while let Some(chunk) = archive.next().await {
-            let chunk = chunk.map_err(|e| RuntimeError::LoadFailed(format!("archive stream failed: {e}")))?;
+            let chunk = chunk
+                .map_err(|e| RuntimeError::LoadFailed(format!("archive stream failed: {e}")))?;
             all.extend_from_slice(&chunk);
         }
         let text = String::from_utf8_lossy(&all);
         let mut lines = text.lines();
         if lines.next() != Some(MARKER) {
-            return Err(RuntimeError::LoadFailed("fake: not an image archive".into()));
+            return Err(RuntimeError::LoadFailed(
+                "fake: not an image archive".into(),
+            ));
         }
         let refs: Vec<String> = lines
             .take_while(|l| !l.starts_with('#'))

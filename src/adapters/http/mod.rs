@@ -61,9 +61,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 fn json_rejection(rejection: JsonRejection) -> HttpError {
     let status = rejection.status();
     let detail = match rejection {
-        JsonRejection::MissingJsonContentType(_) => "expected a JSON body with Content-Type: application/json".to_owned(),
+        JsonRejection::MissingJsonContentType(_) => {
+            "expected a JSON body with Content-Type: application/json".to_owned()
+        }
         JsonRejection::JsonSyntaxError(_) => "the body is not valid JSON".to_owned(),
-        JsonRejection::JsonDataError(e) => format!("the JSON body does not have the expected fields: {}", e.body_text()),
+        JsonRejection::JsonDataError(e) => format!(
+            "the JSON body does not have the expected fields: {}",
+            e.body_text()
+        ),
         other => other.body_text(),
     };
     HttpError::new(status, detail)
@@ -96,7 +101,10 @@ impl From<CredentialsBody> for Credentials {
     }
 }
 
-async fn login(State(state): State<AppState>, JsonBody(body): JsonBody<CredentialsBody>) -> Result<Json<Value>, HttpError> {
+async fn login(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CredentialsBody>,
+) -> Result<Json<Value>, HttpError> {
     state.session.login(body.into()).await?;
     Ok(Json(json!({"status": "ok"})))
 }
@@ -108,9 +116,15 @@ struct LoadBody {
     folder: String,
 }
 
-fn path_name(path: Result<Path<String>, axum::extract::rejection::PathRejection>) -> Result<String, HttpError> {
-    path.map(|Path(p)| p)
-        .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, "the file name in the path is not valid"))
+fn path_name(
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, HttpError> {
+    path.map(|Path(p)| p).map_err(|_| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "the file name in the path is not valid",
+        )
+    })
 }
 
 async fn load(
@@ -131,13 +145,17 @@ async fn load(
     let folder = Folder::parse(&body.folder)?;
     let download = state.resources.download(&folder, &name).await?;
     let mut response = Response::new(Body::from_stream(download.plaintext));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     Ok(response)
 }
 
-async fn unlock(State(state): State<AppState>, JsonBody(body): JsonBody<CredentialsBody>) -> Result<Json<Value>, HttpError> {
+async fn unlock(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CredentialsBody>,
+) -> Result<Json<Value>, HttpError> {
     let phase = state.unlock.start(body.into()).await?;
     Ok(Json(json!({"state": phase})))
 }

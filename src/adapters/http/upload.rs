@@ -7,10 +7,10 @@
 
 use std::io;
 
+use axum::Json;
 use axum::extract::multipart::{Field, Multipart, MultipartRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -45,7 +45,9 @@ async fn read_folder(mut field: Field<'_>) -> Result<Folder, HttpError> {
 }
 
 fn channel_stream(rx: mpsc::Receiver<io::Result<Bytes>>) -> ByteStream {
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
 
 async fn drain(mut field: Field<'_>) -> Result<(), HttpError> {
@@ -68,7 +70,12 @@ pub async fn upload(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<Value>, HttpError> {
-    let multipart = multipart.map_err(|e| bad(format!("expected a multipart/form-data body: {}", e.body_text())))?;
+    let multipart = multipart.map_err(|e| {
+        bad(format!(
+            "expected a multipart/form-data body: {}",
+            e.body_text()
+        ))
+    })?;
     let name = ResourceName::parse(&path_name(path)?)?;
     let (start_tx, start_rx) = oneshot::channel::<(Folder, ByteStream)>();
     let reader = read_form(&state, multipart, start_tx);
@@ -104,7 +111,9 @@ async fn read_form(
     let outcome: Result<(), HttpError> = async {
         while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
             match field.name() {
-                Some("folder") if folder.is_some() => return Err(bad("the form holds more than one folder field")),
+                Some("folder") if folder.is_some() => {
+                    return Err(bad("the form holds more than one folder field"));
+                }
                 Some("folder") => folder = Some(read_folder(field).await?),
                 Some("data") if spool.is_some() || streaming.is_some() => {
                     return Err(bad("the form holds more than one data field"));
@@ -124,12 +133,21 @@ async fn read_form(
                         }
                         streaming = Some(tx);
                     } else {
-                        let mut held = Spool::new_in(&state.cache_dir)
-                            .map_err(|e| server_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot hold the upload", e))?;
+                        let mut held = Spool::new_in(&state.cache_dir).map_err(|e| {
+                            server_error(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "cannot hold the upload",
+                                e,
+                            )
+                        })?;
                         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                            held.write(&chunk)
-                                .await
-                                .map_err(|e| server_error(StatusCode::INSUFFICIENT_STORAGE, "cannot hold the upload", e))?;
+                            held.write(&chunk).await.map_err(|e| {
+                                server_error(
+                                    StatusCode::INSUFFICIENT_STORAGE,
+                                    "cannot hold the upload",
+                                    e,
+                                )
+                            })?;
                         }
                         spool = Some(held);
                     }
@@ -152,10 +170,13 @@ async fn read_form(
     let folder = folder.ok_or_else(|| bad("the form has no folder field"))?;
     let spool = spool.ok_or_else(|| bad("the form has no data field"))?;
     state.session.session()?;
-    let stream = spool
-        .into_stream()
-        .await
-        .map_err(|e| server_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the held upload", e))?;
+    let stream = spool.into_stream().await.map_err(|e| {
+        server_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the held upload",
+            e,
+        )
+    })?;
     if let Some(start) = start.take() {
         let _ = start.send((folder, stream));
     }
