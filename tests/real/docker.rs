@@ -36,7 +36,11 @@ fn docker_save_archive_of_size(repo_tag: &str, padding: usize) -> Vec<u8> {
 
 /// An archive whose config names `diff_id` for `layer`; a wrong `diff_id` makes Docker
 /// reject the archive after it has started answering.
-fn docker_save_archive_with_layer(repo_tag: &str, layer: &[u8], diff_id: &str) -> Vec<u8> {
+pub(crate) fn docker_save_archive_with_layer(
+    repo_tag: &str,
+    layer: &[u8],
+    diff_id: &str,
+) -> Vec<u8> {
     let config = format!(
         r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["sha256:{diff_id}"]}},"config":{{}}}}"#
     );
@@ -54,12 +58,12 @@ fn docker_save_archive_with_layer(repo_tag: &str, layer: &[u8], diff_id: &str) -
     ])
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 /// A ustar archive of `entries`; a name ending in `/` is a directory.
-fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut archive = Vec::new();
     for (name, data) in entries {
         let is_dir = name.ends_with('/');
@@ -130,12 +134,12 @@ fn skip(reason: &str) -> Option<Daemon> {
 }
 
 /// The daemon under test and a bollard client of our own for checks and clean-up.
-struct Daemon {
-    host: String,
-    docker: Docker,
+pub(crate) struct Daemon {
+    pub(crate) host: String,
+    pub(crate) docker: Docker,
 }
 
-async fn daemon() -> Option<Daemon> {
+pub(crate) async fn daemon() -> Option<Daemon> {
     let host = docker_host();
     let docker = match Docker::connect_with_host(&host) {
         Ok(docker) => docker,
@@ -177,7 +181,7 @@ fn adapters(host: &str) -> Vec<(&'static str, Box<dyn ContainerRuntime>)> {
     adapters
 }
 
-fn docker_cli() -> Option<PathBuf> {
+pub(crate) fn docker_cli() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join("docker"))
@@ -185,7 +189,7 @@ fn docker_cli() -> Option<PathBuf> {
 }
 
 /// A tag no other test (or earlier run) uses.
-fn unique_tag(adapter: &str, test: &str) -> String {
+pub(crate) fn unique_tag(adapter: &str, test: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -200,7 +204,7 @@ fn unique_tag(adapter: &str, test: &str) -> String {
 
 impl Daemon {
     /// Removes the test images (absent ones are fine), whatever the test found.
-    async fn remove(&self, tags: &[String]) {
+    pub(crate) async fn remove(&self, tags: &[String]) {
         let options = RemoveImageOptionsBuilder::default()
             .force(true)
             .noprune(false)
@@ -220,7 +224,7 @@ impl Daemon {
         }
     }
 
-    async fn present(&self, tag: &str) -> bool {
+    pub(crate) async fn present(&self, tag: &str) -> bool {
         self.docker.inspect_image(tag).await.is_ok()
     }
 }

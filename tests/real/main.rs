@@ -7,3 +7,4 @@ mod docker;
 mod e2e;
 mod resource_api;
 mod s3;
+mod unlock;
