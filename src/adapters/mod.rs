@@ -11,6 +11,7 @@ pub mod fs_cache;
 pub mod hardware_sysinfo;
 pub mod http;
 pub mod resource_api_http;
+pub mod retry;
 pub mod s3;
 pub mod s3_server;
 pub mod system_clock;

@@ -11,6 +11,7 @@ use crate::adapters::docker_cli::DockerCliRuntime;
 use crate::adapters::fs_cache::FsBigPartCache;
 use crate::adapters::hardware_sysinfo::SysinfoProbe;
 use crate::adapters::resource_api_http::{HttpApiOptions, HttpResourceApi};
+use crate::adapters::retry::{RetryPolicy, RetryingResourceApi};
 use crate::adapters::s3::S3Connector;
 use crate::adapters::system_clock::SystemClock;
 use crate::ports::ContainerRuntime;
@@ -38,7 +39,10 @@ pub fn real_ports(config: &Config) -> Result<Ports, String> {
         )),
     };
     Ok(Ports {
-        api: Arc::new(api),
+        api: Arc::new(RetryingResourceApi::new(
+            Arc::new(api),
+            RetryPolicy::default(),
+        )),
         cdn: Arc::new(S3Connector::default()),
         cache: Arc::new(cache),
         hardware: Arc::new(SysinfoProbe::new()),

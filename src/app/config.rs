@@ -1,8 +1,12 @@
-//! The loader's configuration (PROTOCOL §7), read once at start from the
-//! environment and optional flags. Never holds or prints a secret.
+//! The loader's configuration (PROTOCOL §7), read once at start: flags over
+//! the environment over an optional TOML file over the defaults. Never holds
+//! a secret, and never prints one: [`Config::describe`] masks anything named
+//! like a secret and the user part of URLs.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Which container runtime adapter talks to Docker.
@@ -13,6 +17,15 @@ pub enum RuntimeKind {
     Bollard,
     /// The `docker` command-line client.
     Cli,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bollard => "bollard",
+            Self::Cli => "cli",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +48,23 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_RESOURCE_API_URL: &str = "https://api.azaion.com";
 pub const DEFAULT_IMAGES_PATH: &str = "/opt/azaion/images.enc";
+pub const DEFAULT_CACHE_DIR: &str = "cache";
+pub const DEFAULT_API_CONNECT_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_API_REQUEST_TIMEOUT_SECS: u64 = 60;
+
+/// The keys a configuration file may hold (named like the `serve` flags).
+pub const FILE_KEYS: &[&str] = &[
+    "listen",
+    "resource_api_url",
+    "model_cache_dir",
+    "cache_max_bytes",
+    "images_path",
+    "images",
+    "docker_host",
+    "runtime",
+    "api_connect_timeout_secs",
+    "api_request_timeout_secs",
+];
 
 /// Splits `LOADER_IMAGES`: comma-separated, blanks ignored.
 pub fn parse_image_list(text: &str) -> Vec<String> {
@@ -64,69 +94,490 @@ impl Config {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
             resource_api_url: DEFAULT_RESOURCE_API_URL.to_owned(),
-            model_cache_dir: absolute(PathBuf::from("cache")),
+            model_cache_dir: absolute(PathBuf::from(DEFAULT_CACHE_DIR)),
             cache_max_bytes: None,
             images_path: PathBuf::from(DEFAULT_IMAGES_PATH),
             expected_images: Vec::new(),
             docker_host: None,
             runtime: RuntimeKind::Bollard,
-            api_connect_timeout: Duration::from_secs(5),
-            api_request_timeout: Duration::from_secs(60),
+            api_connect_timeout: Duration::from_secs(DEFAULT_API_CONNECT_TIMEOUT_SECS),
+            api_request_timeout: Duration::from_secs(DEFAULT_API_REQUEST_TIMEOUT_SECS),
         }
+    }
+
+    /// Every setting as `(key, value)`, ready to print: values of keys named
+    /// like a secret read `***`, and URLs lose their `user:password@` part.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let images = if self.expected_images.is_empty() {
+            "(none)".to_owned()
+        } else {
+            self.expected_images.join(",")
+        };
+        let entries = [
+            ("listen", self.listen.to_string()),
+            ("resource_api_url", self.resource_api_url.clone()),
+            (
+                "model_cache_dir",
+                self.model_cache_dir.display().to_string(),
+            ),
+            (
+                "cache_max_bytes",
+                self.cache_max_bytes
+                    .map_or_else(|| "unlimited".to_owned(), |b| b.to_string()),
+            ),
+            ("images_path", self.images_path.display().to_string()),
+            ("images", images),
+            (
+                "docker_host",
+                self.docker_host
+                    .clone()
+                    .unwrap_or_else(|| "(runtime default)".to_owned()),
+            ),
+            ("runtime", self.runtime.as_str().to_owned()),
+            (
+                "api_connect_timeout_secs",
+                self.api_connect_timeout.as_secs().to_string(),
+            ),
+            (
+                "api_request_timeout_secs",
+                self.api_request_timeout.as_secs().to_string(),
+            ),
+        ];
+        entries
+            .into_iter()
+            .map(|(key, value)| (key, mask_value(key, &value)))
+            .collect()
     }
 }
 
-/// The settings of `serve`, from flags or the environment variables of §7.
-#[derive(Debug, Clone, clap::Args)]
+/// What a printed configuration may show of `value`: nothing for keys named
+/// like a secret, and URLs without their user part.
+pub fn mask_value(key: &str, value: &str) -> String {
+    let lower = key.to_ascii_lowercase();
+    if ["secret", "password", "token"]
+        .iter()
+        .any(|word| lower.contains(word))
+    {
+        return "***".to_owned();
+    }
+    mask_url_userinfo(value)
+}
+
+/// `scheme://user:pass@host/...` → `scheme://***@host/...`; other text unchanged.
+fn mask_url_userinfo(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => value.to_owned(),
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A `serve` flag or its environment variable.
+    FlagOrEnv,
+    File,
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::FlagOrEnv => "flag or env",
+            Self::File => "file",
+            Self::Default => "default",
+        })
+    }
+}
+
+/// A resolved configuration and where each of its settings came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    /// The configuration file that was read, if any.
+    pub file: Option<PathBuf>,
+    pub origins: BTreeMap<&'static str, Origin>,
+}
+
+impl Resolved {
+    /// One line for the start-up log: `key=value (origin)` for every
+    /// setting, secrets masked.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = self
+            .config
+            .describe()
+            .into_iter()
+            .map(|(key, value)| {
+                let origin = self.origins.get(key).copied().unwrap_or(Origin::Default);
+                format!("{key}={value} ({origin})")
+            })
+            .collect();
+        if let Some(file) = &self.file {
+            parts.insert(0, format!("config_file={}", file.display()));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("the config file {path} has an unknown key `{key}` (known keys: {known})")]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        known: String,
+    },
+    #[error("the config file {path}: key `{key}`: {reason}")]
+    BadValue {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The settings a configuration file gave; `None` where it said nothing.
+/// Relative paths in it are already resolved against the file's folder.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileSettings {
+    pub listen: Option<SocketAddr>,
+    pub resource_api_url: Option<String>,
+    pub model_cache_dir: Option<PathBuf>,
+    pub cache_max_bytes: Option<u64>,
+    pub images_path: Option<PathBuf>,
+    pub images: Option<Vec<String>>,
+    pub docker_host: Option<String>,
+    pub runtime: Option<RuntimeKind>,
+    pub api_connect_timeout_secs: Option<u64>,
+    pub api_request_timeout_secs: Option<u64>,
+}
+
+impl FileSettings {
+    /// Reads and checks a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses the text of a file at `path`; relative paths are taken against `base`.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|span| count_lines(&text.as_bytes()[..span.start.min(text.len())]) + 1);
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: match line {
+                    Some(line) => format!("line {line}: {}", e.message().trim()),
+                    None => e.message().trim().to_owned(),
+                },
+            }
+        })?;
+        let mut settings = Self::default();
+        for (raw_key, value) in &table {
+            let key = raw_key.replace('-', "_");
+            let bad = |reason: String| ConfigError::BadValue {
+                path: path.to_path_buf(),
+                key: raw_key.clone(),
+                reason,
+            };
+            match key.as_str() {
+                "listen" => {
+                    let text = as_str(value).map_err(bad)?;
+                    settings.listen = Some(text.parse().map_err(|_| {
+                        bad(format!(
+                            "`{text}` is not an address such as \"127.0.0.1:8080\""
+                        ))
+                    })?);
+                }
+                "resource_api_url" => {
+                    let text = as_str(value).map_err(bad)?;
+                    if !(text.starts_with("http://") || text.starts_with("https://")) {
+                        return Err(bad(format!(
+                            "`{}` is not an http:// or https:// URL",
+                            mask_url_userinfo(text)
+                        )));
+                    }
+                    settings.resource_api_url = Some(text.to_owned());
+                }
+                "model_cache_dir" => {
+                    let text = non_empty_str(value).map_err(bad)?;
+                    settings.model_cache_dir = Some(base.join(text));
+                }
+                "cache_max_bytes" => {
+                    settings.cache_max_bytes = Some(as_u64(value).map_err(bad)?);
+                }
+                "images_path" => {
+                    let text = non_empty_str(value).map_err(bad)?;
+                    settings.images_path = Some(base.join(text));
+                }
+                "images" => {
+                    settings.images = Some(as_image_list(value).map_err(bad)?);
+                }
+                "docker_host" => {
+                    let text = as_str(value).map_err(bad)?;
+                    settings.docker_host = (!text.is_empty()).then(|| text.to_owned());
+                }
+                "runtime" => {
+                    let text = as_str(value).map_err(bad)?;
+                    settings.runtime = Some(
+                        <RuntimeKind as clap::ValueEnum>::from_str(text, true).map_err(|_| {
+                            bad(format!("`{text}` is not one of \"bollard\", \"cli\""))
+                        })?,
+                    );
+                }
+                "api_connect_timeout_secs" => {
+                    settings.api_connect_timeout_secs = Some(as_timeout(value).map_err(bad)?);
+                }
+                "api_request_timeout_secs" => {
+                    settings.api_request_timeout_secs = Some(as_timeout(value).map_err(bad)?);
+                }
+                _ => {
+                    return Err(ConfigError::UnknownKey {
+                        path: path.to_path_buf(),
+                        key: raw_key.clone(),
+                        known: FILE_KEYS.join(", "),
+                    });
+                }
+            }
+        }
+        Ok(settings)
+    }
+}
+
+fn count_lines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
+fn type_name(value: &toml::Value) -> &'static str {
+    value.type_str()
+}
+
+fn as_str(value: &toml::Value) -> Result<&str, String> {
+    value
+        .as_str()
+        .ok_or_else(|| format!("expected a string, found {}", type_name(value)))
+}
+
+fn non_empty_str(value: &toml::Value) -> Result<&str, String> {
+    let text = as_str(value)?;
+    if text.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(text)
+}
+
+fn as_u64(value: &toml::Value) -> Result<u64, String> {
+    let number = value
+        .as_integer()
+        .ok_or_else(|| format!("expected a whole number, found {}", type_name(value)))?;
+    u64::try_from(number).map_err(|_| format!("{number} is negative"))
+}
+
+fn as_timeout(value: &toml::Value) -> Result<u64, String> {
+    match as_u64(value)? {
+        0 => Err("must be at least 1 second".to_owned()),
+        secs => Ok(secs),
+    }
+}
+
+/// A list of strings, or one comma-separated string like `LOADER_IMAGES`.
+fn as_image_list(value: &toml::Value) -> Result<Vec<String>, String> {
+    if let Some(text) = value.as_str() {
+        return Ok(parse_image_list(text));
+    }
+    let items = value.as_array().ok_or_else(|| {
+        format!(
+            "expected a list of \"repository:tag\" strings or one comma-separated string, found {}",
+            type_name(value)
+        )
+    })?;
+    items
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| "every entry must be a non-empty string".to_owned())
+        })
+        .collect()
+}
+
+/// The settings of `serve` (and `unlock`), from flags or the environment
+/// variables of §7, optionally on top of a TOML file (`--config`).
+///
+/// Every value is optional here so that the file can fill what flags and
+/// environment leave out; the defaults come last, in [`ServeArgs::resolve`].
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// Address to serve on. Keep it on loopback unless clients on other hosts must reach it.
-    #[arg(long, env = "LOADER_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    /// Resource API base URL.
-    #[arg(long, env = "RESOURCE_API_URL", default_value = DEFAULT_RESOURCE_API_URL)]
-    pub resource_api_url: String,
+    /// TOML file with any of: listen, resource_api_url, model_cache_dir,
+    /// cache_max_bytes, images_path, images, docker_host, runtime,
+    /// api_connect_timeout_secs, api_request_timeout_secs. Flags and
+    /// environment override it; relative paths in it are taken from its folder.
+    #[arg(long, env = "LOADER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve on [default: 127.0.0.1:8080]. Keep it on loopback
+    /// unless clients on other hosts must reach it.
+    #[arg(long, env = "LOADER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Resource API base URL [default: https://api.azaion.com].
+    #[arg(long, env = "RESOURCE_API_URL")]
+    pub resource_api_url: Option<String>,
     /// Local cache of big parts [default: ./cache].
     #[arg(long, env = "MODEL_CACHE_DIR")]
     pub model_cache_dir: Option<PathBuf>,
-    /// Cache size limit in bytes; least recently used entries are evicted beyond it.
+    /// Cache size limit in bytes; least recently used entries are evicted
+    /// beyond it [default: unlimited].
     #[arg(long, env = "MODEL_CACHE_MAX_BYTES")]
     pub cache_max_bytes: Option<u64>,
-    /// Encrypted image archive.
-    #[arg(long, env = "IMAGES_PATH", default_value = DEFAULT_IMAGES_PATH)]
-    pub images_path: PathBuf,
-    /// Expected images, comma-separated `repository:tag`.
-    #[arg(long, env = "LOADER_IMAGES", default_value = "")]
-    pub images: String,
+    /// Encrypted image archive [default: /opt/azaion/images.enc].
+    #[arg(long, env = "IMAGES_PATH")]
+    pub images_path: Option<PathBuf>,
+    /// Expected images, comma-separated `repository:tag` [default: none].
+    #[arg(long, env = "LOADER_IMAGES")]
+    pub images: Option<String>,
     /// Container runtime endpoint [default: the runtime's own default socket].
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
-    /// How to talk to Docker.
-    #[arg(long, env = "LOADER_RUNTIME", value_enum, default_value_t = RuntimeKind::Bollard)]
-    pub runtime: RuntimeKind,
-    /// Seconds allowed to connect to the Resource API.
-    #[arg(long, env = "API_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
-    pub api_connect_timeout_secs: u64,
-    /// Seconds allowed for one Resource API call.
-    #[arg(long, env = "API_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
-    pub api_request_timeout_secs: u64,
+    /// How to talk to Docker [default: bollard].
+    #[arg(long, env = "LOADER_RUNTIME", value_enum)]
+    pub runtime: Option<RuntimeKind>,
+    /// Seconds allowed to connect to the Resource API [default: 5].
+    #[arg(long, env = "API_CONNECT_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_connect_timeout_secs: Option<u64>,
+    /// Seconds allowed for one Resource API call [default: 60].
+    #[arg(long, env = "API_REQUEST_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_request_timeout_secs: Option<u64>,
+}
+
+/// Picks the first value present and records where it came from.
+fn pick<T>(
+    origins: &mut BTreeMap<&'static str, Origin>,
+    key: &'static str,
+    flag_or_env: Option<T>,
+    file: Option<T>,
+    default: T,
+) -> T {
+    let (value, origin) = match (flag_or_env, file) {
+        (Some(v), _) => (v, Origin::FlagOrEnv),
+        (None, Some(v)) => (v, Origin::File),
+        (None, None) => (default, Origin::Default),
+    };
+    origins.insert(key, origin);
+    value
 }
 
 impl ServeArgs {
+    /// Flags and environment over the defaults, ignoring `--config`.
+    /// Kept for callers that never take a file; `serve` and `unlock` use
+    /// [`ServeArgs::resolve`].
     pub fn into_config(self) -> Config {
-        Config {
-            listen: self.listen,
-            resource_api_url: self.resource_api_url,
-            model_cache_dir: absolute(
-                self.model_cache_dir
-                    .unwrap_or_else(|| PathBuf::from("cache")),
-            ),
-            cache_max_bytes: self.cache_max_bytes,
-            images_path: self.images_path,
-            expected_images: parse_image_list(&self.images),
-            docker_host: self.docker_host.filter(|h| !h.is_empty()),
-            runtime: self.runtime,
-            api_connect_timeout: Duration::from_secs(self.api_connect_timeout_secs),
-            api_request_timeout: Duration::from_secs(self.api_request_timeout_secs),
+        self.merge(FileSettings::default(), None).config
+    }
+
+    /// Flags over environment (clap) over the `--config` file over the defaults.
+    pub fn resolve(self) -> Result<Resolved, ConfigError> {
+        match self.config.clone() {
+            Some(path) => {
+                let file = FileSettings::load(&path)?;
+                Ok(self.merge(file, Some(path)))
+            }
+            None => Ok(self.merge(FileSettings::default(), None)),
+        }
+    }
+
+    fn merge(self, file: FileSettings, file_path: Option<PathBuf>) -> Resolved {
+        let defaults = Config::defaults();
+        let mut origins = BTreeMap::new();
+        let o = &mut origins;
+        let listen = pick(o, "listen", self.listen, file.listen, defaults.listen);
+        let resource_api_url = pick(
+            o,
+            "resource_api_url",
+            self.resource_api_url.filter(|u| !u.is_empty()),
+            file.resource_api_url,
+            defaults.resource_api_url,
+        );
+        let model_cache_dir = absolute(pick(
+            o,
+            "model_cache_dir",
+            self.model_cache_dir,
+            file.model_cache_dir,
+            defaults.model_cache_dir,
+        ));
+        let cache_max_bytes = pick(
+            o,
+            "cache_max_bytes",
+            self.cache_max_bytes.map(Some),
+            file.cache_max_bytes.map(Some),
+            defaults.cache_max_bytes,
+        );
+        let images_path = pick(
+            o,
+            "images_path",
+            self.images_path,
+            file.images_path,
+            defaults.images_path,
+        );
+        let expected_images = pick(
+            o,
+            "images",
+            self.images.as_deref().map(parse_image_list),
+            file.images,
+            defaults.expected_images,
+        );
+        let docker_host = pick(
+            o,
+            "docker_host",
+            self.docker_host.filter(|h| !h.is_empty()).map(Some),
+            file.docker_host.map(Some),
+            defaults.docker_host,
+        );
+        let runtime = pick(o, "runtime", self.runtime, file.runtime, defaults.runtime);
+        let connect = pick(
+            o,
+            "api_connect_timeout_secs",
+            self.api_connect_timeout_secs,
+            file.api_connect_timeout_secs,
+            DEFAULT_API_CONNECT_TIMEOUT_SECS,
+        );
+        let request = pick(
+            o,
+            "api_request_timeout_secs",
+            self.api_request_timeout_secs,
+            file.api_request_timeout_secs,
+            DEFAULT_API_REQUEST_TIMEOUT_SECS,
+        );
+        Resolved {
+            config: Config {
+                listen,
+                resource_api_url,
+                model_cache_dir,
+                cache_max_bytes,
+                images_path,
+                expected_images,
+                docker_host,
+                runtime,
+                api_connect_timeout: Duration::from_secs(connect),
+                api_request_timeout: Duration::from_secs(request),
+            },
+            file: file_path,
+            origins,
         }
     }
 }
@@ -134,6 +585,14 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Result<FileSettings, ConfigError> {
+        FileSettings::parse(
+            text,
+            Path::new("/etc/azaion/loader.toml"),
+            Path::new("/etc/azaion"),
+        )
+    }
 
     #[test]
     fn image_list_ignores_blanks_and_spaces() {
@@ -148,5 +607,135 @@ mod tests {
         assert_eq!(c.resource_api_url, "https://api.azaion.com");
         assert!(c.model_cache_dir.is_absolute() && c.model_cache_dir.ends_with("cache"));
         assert_eq!(c.images_path, PathBuf::from("/opt/azaion/images.enc"));
+    }
+
+    #[test]
+    fn no_flags_and_no_file_give_the_defaults() {
+        let resolved = ServeArgs::default().resolve().unwrap();
+        let d = Config::defaults();
+        assert_eq!(resolved.config.listen, d.listen);
+        assert_eq!(resolved.config.resource_api_url, d.resource_api_url);
+        assert_eq!(resolved.config.api_request_timeout, d.api_request_timeout);
+        assert!(resolved.origins.values().all(|o| *o == Origin::Default));
+    }
+
+    #[test]
+    fn a_file_reads_every_key_and_resolves_paths_against_its_folder() {
+        let s = parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            resource_api_url = "http://api.local"
+            model_cache_dir = "cache"
+            cache_max_bytes = 1000
+            images_path = "/opt/x/images.enc"
+            images = ["a:1", "b:2"]
+            docker_host = "unix:///run/docker.sock"
+            runtime = "cli"
+            api_connect_timeout_secs = 3
+            api-request-timeout-secs = 30
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.listen, Some("0.0.0.0:9000".parse().unwrap()));
+        assert_eq!(s.model_cache_dir, Some(PathBuf::from("/etc/azaion/cache")));
+        assert_eq!(s.images_path, Some(PathBuf::from("/opt/x/images.enc")));
+        assert_eq!(s.images, Some(vec!["a:1".to_owned(), "b:2".to_owned()]));
+        assert_eq!(s.runtime, Some(RuntimeKind::Cli));
+        assert_eq!(s.cache_max_bytes, Some(1000));
+        assert_eq!(s.api_request_timeout_secs, Some(30));
+    }
+
+    #[test]
+    fn images_may_be_one_comma_separated_string() {
+        let s = parse(r#"images = "a:1, b:2""#).unwrap();
+        assert_eq!(s.images, Some(vec!["a:1".to_owned(), "b:2".to_owned()]));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            (r#"listen = "nowhere""#, "listen"),
+            ("listen = 8080", "listen"),
+            ("cache_max_bytes = -1", "cache_max_bytes"),
+            (r#"cache_max_bytes = "10G""#, "cache_max_bytes"),
+            (r#"runtime = "podman""#, "runtime"),
+            ("images = [1, 2]", "images"),
+            ("api_connect_timeout_secs = 0", "api_connect_timeout_secs"),
+            (r#"resource_api_url = "ftp://x""#, "resource_api_url"),
+            (r#"model_cache_dir = """#, "model_cache_dir"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_broken_toml_are_refused() {
+        let err = parse("listn = \"x\"").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown key `listn`") && err.contains("listen"),
+            "{err}"
+        );
+        let err = parse("listen = ").unwrap_err().to_string();
+        assert!(err.contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let file = parse(
+            r#"
+            listen = "127.0.0.1:2"
+            runtime = "cli"
+            "#,
+        )
+        .unwrap();
+        let resolved = args.merge(file, Some(PathBuf::from("/etc/azaion/loader.toml")));
+        assert_eq!(resolved.config.listen.port(), 1);
+        assert_eq!(resolved.config.runtime, RuntimeKind::Cli);
+        assert_eq!(resolved.config.api_connect_timeout, Duration::from_secs(5));
+        assert_eq!(resolved.origins["listen"], Origin::FlagOrEnv);
+        assert_eq!(resolved.origins["runtime"], Origin::File);
+        assert_eq!(resolved.origins["images_path"], Origin::Default);
+        let summary = resolved.summary();
+        assert!(
+            summary.starts_with("config_file=/etc/azaion/loader.toml"),
+            "{summary}"
+        );
+        assert!(summary.contains("runtime=cli (file)"), "{summary}");
+    }
+
+    #[test]
+    fn secrets_and_url_credentials_are_masked_when_printed() {
+        for (key, value, shown) in [
+            ("api_token", "abc", "***"),
+            ("s3_secret_key", "abc", "***"),
+            ("Password", "abc", "***"),
+            (
+                "docker_host",
+                "tcp://user:pw@host:2376",
+                "tcp://***@host:2376",
+            ),
+            (
+                "resource_api_url",
+                "https://u:p@api/x@y",
+                "https://***@api/x@y",
+            ),
+            (
+                "resource_api_url",
+                "https://api.azaion.com",
+                "https://api.azaion.com",
+            ),
+            ("images_path", "/opt/a@b", "/opt/a@b"),
+        ] {
+            assert_eq!(mask_value(key, value), shown, "{key}");
+        }
+        let mut config = Config::defaults();
+        config.resource_api_url = "https://user:hunter2@api.local".into();
+        let printed = format!("{:?}", config.describe());
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 }

@@ -141,3 +141,45 @@ async fn unknown_routes_answer_404_with_a_detail() {
     assert_eq!(r.status(), 404);
     assert!(TestApp::json(r).await["detail"].is_string());
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_header_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server kept a slow client's connection open"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(!text.contains("healthy"), "{text}");
+}
+
+#[tokio::test]
+async fn an_oversized_request_header_is_refused() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("x-big", "a".repeat(100 * 1024))
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(
+            e.is_request() || e.is_connect() || e.to_string().contains("connection"),
+            "{e}"
+        ),
+    }
+}

@@ -1,8 +1,10 @@
 //! The loader's HTTP API end to end, fully offline: the app is built with
 //! in-memory fakes behind every port and driven over real HTTP on 127.0.0.1.
 
+mod fuzz;
 mod load;
 mod login_and_status;
+mod openapi;
 mod support;
 mod unlock;
 mod upload;

@@ -86,7 +86,8 @@ impl TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let app = Application::build(&config, ports)
             .await
-            .expect("app builds");
+            .expect("app builds")
+            .with_header_read_timeout(Duration::from_millis(500));
         let addr = app.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(app.serve(async {

@@ -209,7 +209,8 @@ async fn an_unreachable_daemon_ends_in_error_and_a_retry_after_an_error_reaches_
         drop(dead);
 
         let loader = stage.loader(runtime, &[&tag], &stage.daemon.host);
-        stage.peers.emulator.fail_next(Route::KeyFragment, 1, 500);
+        // Three 500s in a row outlast the retries (three tries with backoff).
+        stage.peers.emulator.fail_next(Route::KeyFragment, 3, 500);
         post_unlock(&loader, DEMO_PASSWORD).await;
         let v = wait_for(&loader, &["ready", "error"]).await;
         assert_eq!(v["state"], "error");

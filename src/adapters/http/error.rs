@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use super::openapi::ErrorBody;
 use crate::app::resources::{LoadError, UploadError};
 use crate::app::session::{CallError, LoginError};
 use crate::app::unlock::UnlockStartError;
@@ -34,7 +34,13 @@ impl IntoResponse for HttpError {
         } else {
             tracing::info!(status = self.status.as_u16(), "{}", self.detail);
         }
-        (self.status, Json(json!({"detail": self.detail}))).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                detail: self.detail,
+            }),
+        )
+            .into_response()
     }
 }
 

@@ -1,8 +1,16 @@
 //! The loader's own HTTP API (PROTOCOL §5), served with axum. Validates
 //! shapes and names before any I/O, maps every error to a status and a
 //! `{"detail": ...}` body in one place, and never puts a secret in a body.
+//! `GET /openapi.json` describes it, generated from the annotations here.
+//!
+//! Limits: a JSON body is at most 64 KiB (413 past that); an upload streams,
+//! but its `folder` and any unknown field are at most 1 KiB and a form has a
+//! bounded number of fields (400). Request heads are bounded by hyper's
+//! HTTP/1 read buffer (about 400 KiB, the default kept here): a larger head
+//! is answered 431 by hyper itself, before any handler, with an empty body.
 
 mod error;
+mod openapi;
 mod upload;
 
 use axum::Json;
@@ -11,18 +19,22 @@ use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use tower_http::catch_panic::CatchPanicLayer;
 
 pub use error::HttpError;
+pub use openapi::{ApiDoc, ErrorBody, document as openapi_document};
 
 use crate::app::AppState;
 use crate::domain::names::{Folder, ResourceName};
-use crate::domain::secret::SecretString;
 use crate::ports::Credentials;
+use openapi::{
+    CredentialsBody, HealthBody, LoadBody, OkBody, ResourceBytes, StatusBody, UnlockProgressBody,
+    UnlockStartBody, UnlockStatusBody,
+};
 
 /// JSON bodies are small; uploads have their own (streaming) route.
 const JSON_BODY_LIMIT: usize = 64 * 1024;
@@ -39,9 +51,60 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/unlock", post(unlock))
         .route("/unlock/status", get(unlock_status))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn(read_small_body_first))
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// Reads a small body (declared length up to the JSON limit) whole before
+/// routing. An early answer (404, 405, 415, a bad name) otherwise leaves the
+/// body unread, and closing a connection with unread input makes the kernel
+/// reset it: the client may then lose the answer. Larger bodies stream.
+async fn read_small_body_first(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(len) if len > 0 && len <= JSON_BODY_LIMIT => {
+            let (parts, body) = req.into_parts();
+            match axum::body::to_bytes(body, len).await {
+                Ok(bytes) => {
+                    next.run(Request::from_parts(parts, Body::from(bytes)))
+                        .await
+                }
+                Err(_) => HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "the body does not match its declared length",
+                )
+                .into_response(),
+            }
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// A handler that panics answers 500 with the usual body instead of dropping
+/// the connection; the panic's message goes to the log only.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a request handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(ErrorBody {
+            detail: "internal error".to_owned(),
+        }),
+    )
+        .into_response()
 }
 
 /// A JSON body whose rejections answer with the same `{"detail"}` shape.
@@ -74,22 +137,30 @@ fn json_rejection(rejection: JsonRejection) -> HttpError {
     HttpError::new(status, detail)
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "healthy"}))
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "loader",
+    responses((status = 200, description = "The process serves", body = HealthBody))
+)]
+async fn health() -> Json<HealthBody> {
+    Json(HealthBody {
+        status: "healthy".to_owned(),
+    })
 }
 
-async fn status(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "status": "healthy",
-        "authenticated": state.session.is_authenticated(),
-        "modelCacheDir": state.cache_dir.display().to_string(),
-    }))
-}
-
-#[derive(Deserialize)]
-struct CredentialsBody {
-    email: String,
-    password: SecretString,
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "loader",
+    responses((status = 200, description = "Session and cache folder", body = StatusBody))
+)]
+async fn status(State(state): State<AppState>) -> Json<StatusBody> {
+    Json(StatusBody {
+        status: "healthy".to_owned(),
+        authenticated: state.session.is_authenticated(),
+        model_cache_dir: state.cache_dir.display().to_string(),
+    })
 }
 
 impl From<CredentialsBody> for Credentials {
@@ -101,19 +172,28 @@ impl From<CredentialsBody> for Credentials {
     }
 }
 
+/// Logs in to the Resource API and fetches the device's CDN configuration.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "loader",
+    request_body(content = CredentialsBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Logged in; the CDN configuration is loaded", body = OkBody),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "Bad credentials, the API is unreachable, or cdn.yaml does not decrypt", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "The JSON lacks a field or has one of the wrong type", body = ErrorBody),
+        (status = 500, description = "The device's hardware cannot be read", body = ErrorBody),
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CredentialsBody>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<OkBody>, HttpError> {
     state.session.login(body.into()).await?;
-    Ok(Json(json!({"status": "ok"})))
-}
-
-#[derive(Deserialize)]
-struct LoadBody {
-    #[serde(default)]
-    filename: Option<String>,
-    folder: String,
+    Ok(Json(OkBody::ok()))
 }
 
 fn path_name(
@@ -127,6 +207,29 @@ fn path_name(
     })
 }
 
+/// Streams the decrypted resource: small part from the API, big part from
+/// the local cache or the CDN.
+#[utoipa::path(
+    post,
+    path = "/load/{filename}",
+    tag = "loader",
+    params(("filename" = String, Path, min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9._-]{1,200}$", example = "demo.txt",
+        description = "The resource: 1-200 bytes of A-Z a-z 0-9 . _ -, not . or ..")),
+    request_body(content = LoadBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The decrypted resource, streamed. A big part damaged at its very end cuts the transfer instead of ending it cleanly", content_type = "application/octet-stream", body = ResourceBytes),
+        (status = 400, description = "A bad file name or folder, a body file name that differs from the path's, or a body that is not valid JSON", body = ErrorBody),
+        (status = 401, description = "Not logged in, or the API refused the stored credentials again after a re-login", body = ErrorBody),
+        (status = 403, description = "The API refused this device's fingerprint", body = ErrorBody),
+        (status = 404, description = "The resource is unknown to the API or the CDN", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "The JSON lacks a field or has one of the wrong type", body = ErrorBody),
+        (status = 500, description = "The device's hardware cannot be read", body = ErrorBody),
+        (status = 502, description = "The API or the CDN failed, or sent a part that does not decrypt", body = ErrorBody),
+        (status = 503, description = "The API or the CDN is unreachable", body = ErrorBody),
+    )
+)]
 async fn load(
     State(state): State<AppState>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -152,27 +255,58 @@ async fn load(
     Ok(response)
 }
 
+/// Starts unlocking the image archive in the background (PROTOCOL §6).
+#[utoipa::path(
+    post,
+    path = "/unlock",
+    tag = "loader",
+    request_body(content = CredentialsBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The unlock's state: authenticating when a run started, else the current one", body = UnlockStartBody),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 404, description = "The archive is missing and the expected images are not loaded", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "The JSON lacks a field or has one of the wrong type", body = ErrorBody),
+    )
+)]
 async fn unlock(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CredentialsBody>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<UnlockStartBody>, HttpError> {
     let phase = state.unlock.start(body.into()).await?;
-    Ok(Json(json!({"state": phase})))
+    Ok(Json(UnlockStartBody {
+        state: phase.into(),
+    }))
 }
 
-async fn unlock_status(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/unlock/status",
+    tag = "loader",
+    responses((status = 200, description = "The unlock's state, its last error and progress", body = UnlockStatusBody))
+)]
+async fn unlock_status(State(state): State<AppState>) -> Json<UnlockStatusBody> {
     let status = state.unlock.status();
-    Json(json!({
-        "state": status.phase,
-        "error": status.error,
-        "progress": {
-            "bytes_done": status.progress.bytes_done,
-            "bytes_total": status.progress.bytes_total,
-            "phase_elapsed_ms": status.progress.phase_elapsed.as_millis() as u64,
+    Json(UnlockStatusBody {
+        state: status.phase.into(),
+        error: status.error,
+        progress: UnlockProgressBody {
+            bytes_done: status.progress.bytes_done,
+            bytes_total: status.progress.bytes_total,
+            phase_elapsed_ms: u64::try_from(status.progress.phase_elapsed.as_millis())
+                .unwrap_or(u64::MAX),
         },
-    }))
+    })
 }
 
 async fn not_found() -> impl IntoResponse {
     HttpError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not answer to that method",
+    )
 }

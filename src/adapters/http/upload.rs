@@ -12,9 +12,9 @@ use axum::extract::multipart::{Field, Multipart, MultipartRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use super::openapi::{ErrorBody, OkBody, UploadForm};
 use super::{HttpError, path_name};
 use crate::app::AppState;
 use crate::app::spool::Spool;
@@ -65,11 +65,32 @@ fn server_error(status: StatusCode, what: &str, e: io::Error) -> HttpError {
     HttpError::new(status, format!("{what}: {e}"))
 }
 
+/// Encrypts, splits and stores a resource: big part in the CDN and the local
+/// cache, small part at the API.
+#[utoipa::path(
+    post,
+    path = "/upload/{filename}",
+    tag = "loader",
+    params(("filename" = String, Path, min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9._-]{1,200}$", example = "upload.bin",
+        description = "The resource: 1-200 bytes of A-Z a-z 0-9 . _ -, not . or ..")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Stored in the CDN, the local cache and the API", body = OkBody),
+        (status = 400, description = "A bad file name or folder, or a malformed form: not multipart, no or several folder or data fields, an oversized text field", body = ErrorBody),
+        (status = 401, description = "Not logged in, or the API refused the stored credentials again after a re-login", body = ErrorBody),
+        (status = 403, description = "The API refused this device's fingerprint", body = ErrorBody),
+        (status = 404, description = "The CDN has no bucket of that folder (the loader never creates one)", body = ErrorBody),
+        (status = 500, description = "The device's hardware cannot be read, or the upload cannot be held", body = ErrorBody),
+        (status = 502, description = "The API or the CDN failed", body = ErrorBody),
+        (status = 503, description = "The API or the CDN is unreachable", body = ErrorBody),
+        (status = 507, description = "No room to hold an upload whose data came before its folder", body = ErrorBody),
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<OkBody>, HttpError> {
     let multipart = multipart.map_err(|e| {
         bad(format!(
             "expected a multipart/form-data body: {}",
@@ -90,7 +111,7 @@ pub async fn upload(
     match uploaded {
         Some(result) => {
             result?;
-            Ok(Json(json!({"status": "ok"})))
+            Ok(Json(OkBody::ok()))
         }
         None => Err(bad("the form has no data field")),
     }

@@ -1,0 +1,215 @@
+//! The OpenAPI 3 document of the loader's HTTP API (`GET /openapi.json`),
+//! generated from the handlers' own annotations and the body types below, so
+//! it cannot drift from the code. It describes shapes only: never an example
+//! credential, token or key.
+
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::OpenApi as OpenApiDocument;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::domain::secret::SecretString;
+use crate::domain::unlock::UnlockPhase;
+
+/// The body of every error: `{"detail": "<human-readable reason>"}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person; never a secret.
+    pub detail: String,
+}
+
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+pub struct HealthBody {
+    /// Always `healthy` while the process serves.
+    #[schema(example = "healthy")]
+    pub status: String,
+}
+
+/// `GET /status`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusBody {
+    /// Always `healthy` while the process serves.
+    #[schema(example = "healthy")]
+    pub status: String,
+    /// True while the loader holds a working session (token and CDN configuration).
+    pub authenticated: bool,
+    /// The cache folder in use, as an absolute path.
+    pub model_cache_dir: String,
+}
+
+/// `{"status": "ok"}` after a login or an upload.
+#[derive(Serialize, ToSchema)]
+pub struct OkBody {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+impl OkBody {
+    pub fn ok() -> Self {
+        Self {
+            status: "ok".to_owned(),
+        }
+    }
+}
+
+/// A state of the unlock (PROTOCOL §6).
+// Mirrors the domain's `UnlockPhase` so the document can list the values;
+// the exhaustive match in `From` keeps the two in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnlockState {
+    Idle,
+    Authenticating,
+    DownloadingKey,
+    Decrypting,
+    LoadingImages,
+    Ready,
+    Error,
+}
+
+impl From<UnlockPhase> for UnlockState {
+    fn from(phase: UnlockPhase) -> Self {
+        match phase {
+            UnlockPhase::Idle => Self::Idle,
+            UnlockPhase::Authenticating => Self::Authenticating,
+            UnlockPhase::DownloadingKey => Self::DownloadingKey,
+            UnlockPhase::Decrypting => Self::Decrypting,
+            UnlockPhase::LoadingImages => Self::LoadingImages,
+            UnlockPhase::Ready => Self::Ready,
+            UnlockPhase::Error => Self::Error,
+        }
+    }
+}
+
+/// `POST /unlock`: the state the unlock is in after the request.
+#[derive(Serialize, ToSchema)]
+pub struct UnlockStartBody {
+    pub state: UnlockState,
+}
+
+/// Progress of the current unlock phase.
+#[derive(Serialize, ToSchema)]
+pub struct UnlockProgressBody {
+    /// Archive bytes decrypted so far.
+    pub bytes_done: u64,
+    /// Size of the archive, once known.
+    pub bytes_total: u64,
+    /// Time spent in the current state.
+    pub phase_elapsed_ms: u64,
+}
+
+/// `GET /unlock/status`.
+#[derive(Serialize, ToSchema)]
+pub struct UnlockStatusBody {
+    pub state: UnlockState,
+    /// Why the last run failed (in state `error`), else null.
+    #[schema(required = true)]
+    pub error: Option<String>,
+    pub progress: UnlockProgressBody,
+}
+
+/// `POST /login` and `POST /unlock`: the Resource API credentials.
+#[derive(Deserialize, ToSchema)]
+pub struct CredentialsBody {
+    #[schema(example = "operator@example.com")]
+    pub email: String,
+    #[schema(value_type = String, format = Password)]
+    pub password: SecretString,
+}
+
+/// `POST /load/{filename}`.
+#[derive(Deserialize, ToSchema)]
+pub struct LoadBody {
+    /// The resource; must equal the path's file name when given.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[A-Za-z0-9._-]{1,200}$",
+        example = "demo.txt"
+    )]
+    pub filename: Option<String>,
+    /// The folder (an S3 bucket name).
+    #[schema(
+        min_length = 3,
+        max_length = 63,
+        pattern = "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        example = "models"
+    )]
+    pub folder: String,
+}
+
+/// The bytes of a resource, as `POST /load` streams them.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
+#[allow(dead_code)] // describes the stream; the handler never builds one
+pub struct ResourceBytes(Vec<u8>);
+
+/// `POST /upload/{filename}`: a multipart form, fields in either order
+/// (`folder` first lets the loader stream the file without holding it).
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the form; the handler reads it field by field
+pub struct UploadForm {
+    /// The folder (an S3 bucket name that must already exist in the CDN).
+    #[schema(
+        min_length = 3,
+        max_length = 63,
+        pattern = "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        example = "models"
+    )]
+    pub folder: String,
+    /// The resource's bytes.
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
+    pub data: Vec<u8>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Azaion Loader",
+        description = "Serves split, encrypted AI models to local clients and unlocks the device's \
+                       Docker images (PROTOCOL §5). Every error answers `{\"detail\": \"...\"}`."
+    ),
+    paths(
+        super::health,
+        super::status,
+        super::login,
+        super::load,
+        super::upload::upload,
+        super::unlock,
+        super::unlock_status,
+        openapi_json,
+    ),
+    components(schemas(
+        ErrorBody,
+        HealthBody,
+        StatusBody,
+        OkBody,
+        UnlockState,
+        UnlockStartBody,
+        UnlockProgressBody,
+        UnlockStatusBody,
+        CredentialsBody,
+        LoadBody,
+        UploadForm,
+        ResourceBytes,
+    ))
+)]
+pub struct ApiDoc;
+
+/// The document, built from the annotations at each call (cheap, and never stale).
+pub fn document() -> OpenApiDocument {
+    ApiDoc::openapi()
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI document of this API", content_type = "application/json", body = Object))
+)]
+pub async fn openapi_json() -> axum::Json<OpenApiDocument> {
+    axum::Json(document())
+}

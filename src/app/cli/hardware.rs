@@ -1,0 +1,20 @@
+//! `hardware`: the device's fingerprint line (PROTOCOL §4) and its hash
+//! (§1.1), exactly as the loader computes them at login. Read-only: it never
+//! contacts anything.
+
+use super::CliError;
+use crate::adapters::hardware_sysinfo::SysinfoProbe;
+use crate::domain::keys::hardware_hash;
+use crate::ports::HardwareProbe;
+
+/// The two lines `hardware` prints: the fingerprint, then `hash: <hash>`.
+pub async fn run() -> Result<(), CliError> {
+    let parts = SysinfoProbe::new()
+        .probe()
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let line = parts.fingerprint_line();
+    println!("{line}");
+    println!("hash: {}", hardware_hash(&line));
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! The `azaion-loader` command line: `serve` and `dev` run the service, the
+//! other commands are tools around it (file encryption, split and join,
+//! packing the image archive, unlock without HTTP, the hardware fingerprint,
+//! the status of a running loader). It parses, dispatches and turns errors
+//! into exit codes; it must never print a key, a password or a fragment.
+
+pub mod crypt;
+pub mod files;
+pub mod hardware;
+pub mod progress;
+pub mod status;
+pub mod unlock;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use super::config::{DEFAULT_LISTEN, ServeArgs, parse_image_list};
+use super::{Application, compose::real_ports, dev};
+use progress::ProgressMode;
+
+#[derive(Parser)]
+#[command(
+    name = "azaion-loader",
+    version,
+    about = "Serves split, encrypted AI models to local clients and unlocks the device's Docker images",
+    after_help = "Run `azaion-loader <COMMAND> --help` for a command's options and examples."
+)]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "LOG_FORMAT_JSON")]
+    pub log_json: bool,
+    /// Show no progress (errors are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  RESOURCE_API_URL=https://api.azaion.com MODEL_CACHE_DIR=/var/cache/azaion azaion-loader serve
+  azaion-loader serve --config /etc/azaion/loader.toml --listen 127.0.0.1:8080
+
+Precedence: flags, then environment, then the --config file, then the defaults.
+A config file uses the flag names with underscores, for example:
+  listen = \"127.0.0.1:8080\"
+  resource_api_url = \"https://api.azaion.com\"
+  model_cache_dir = \"/var/cache/azaion\"
+  cache_max_bytes = 20000000000
+  images_path = \"/opt/azaion/images.enc\"
+  images = [\"azaion/detector:1.4\"]
+  runtime = \"bollard\"
+  api_connect_timeout_secs = 5
+  api_request_timeout_secs = 60";
+
+const DEV_EXAMPLES: &str = "\
+Examples:
+  azaion-loader dev            (then paste the printed curl lines)
+  azaion-loader dev --listen 127.0.0.1:9090 --data-dir /tmp/azaion-dev";
+
+const ENCRYPT_EXAMPLES: &str = "\
+Examples:
+  MODEL_KEY='my key string' azaion-loader encrypt --key-env MODEL_KEY model.onnx model.onnx.enc
+  azaion-loader encrypt --resource-key model.onnx model.enc
+  tar c data/ | azaion-loader encrypt --key-env MODEL_KEY - data.tar.enc";
+
+const DECRYPT_EXAMPLES: &str = "\
+Examples:
+  azaion-loader decrypt --resource-key model.enc model.onnx
+  azaion-loader decrypt --key-env MODEL_KEY model.onnx.enc - | sha256sum
+
+OUT is written as OUT.tmp-XXXXXX beside it and renamed only once the padding
+checked out: a wrong key or a damaged file leaves no OUT (an older OUT stays).";
+
+const SPLIT_EXAMPLES: &str = "\
+Example:
+  azaion-loader split model.enc --small model.onnx.small --big model.onnx.big
+
+The small part is the first min(3072, floor(3n/10)) bytes of the n-byte
+encrypted resource (PROTOCOL §1.3), the big part the rest.";
+
+const JOIN_EXAMPLES: &str = "\
+Example:
+  azaion-loader join --small model.onnx.small --big model.onnx.big model.enc
+
+The parts are checked against PROTOCOL §1.3 (swapped or mismatched parts are refused).";
+
+const PACK_IMAGES_EXAMPLES: &str = "\
+Examples:
+  docker save azaion/detector:1.4 -o images.tar
+  azaion-loader pack-images --fragment fragment.bin images.tar /opt/azaion/images.enc
+  docker save azaion/detector:1.4 | azaion-loader pack-images --fragment fragment.bin - images.enc
+
+images.enc = IV || AES-256-CBC(SHA-256(fragment), IV, PKCS#7(tar)) (PROTOCOL §1.4).";
+
+const UNLOCK_EXAMPLES: &str = "\
+Examples:
+  AZAION_PASSWORD=... azaion-loader unlock --email user@example.com --password-env AZAION_PASSWORD \\
+      --images azaion/detector:1.4
+  printf '%s\\n' \"$PW\" | azaion-loader unlock --email user@example.com --password-stdin \\
+      --config /etc/azaion/loader.toml
+
+Takes the same settings as `serve` (flags, environment, --config). Exits 0
+once the images are loaded and checked (ready), 1 on an error.";
+
+const HARDWARE_EXAMPLES: &str = "\
+Example:
+  azaion-loader hardware
+
+Prints the fingerprint line (PROTOCOL §4), then `hash: ` and its hash (§1.1).";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  azaion-loader status
+  azaion-loader status --url http://127.0.0.1:8080 --json
+
+Exits non-zero when the loader cannot be reached or is not healthy.";
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the service (production), configured by flags, the environment of
+    /// PROTOCOL §7 or a TOML file.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Run the loader with a Resource API emulator and an S3 server, all on
+    /// 127.0.0.1, offline.
+    #[command(after_help = DEV_EXAMPLES)]
+    Dev {
+        /// Address of the loader.
+        #[arg(long, env = "LOADER_LISTEN", default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Keep the stack's data (cache, S3 objects) here instead of a temporary folder.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Docker endpoint for unlock.
+        #[arg(long, env = "DOCKER_HOST")]
+        docker_host: Option<String>,
+        /// Expected images, comma-separated.
+        #[arg(long, env = "LOADER_IMAGES", default_value = "")]
+        images: String,
+    },
+    /// Encrypt a file with a key string (PROTOCOL §1.2), streaming.
+    #[command(after_help = ENCRYPT_EXAMPLES)]
+    Encrypt(crypt::EncryptArgs),
+    /// Decrypt a file made by `encrypt` (or a joined resource), streaming.
+    #[command(after_help = DECRYPT_EXAMPLES)]
+    Decrypt(crypt::DecryptArgs),
+    /// Split an encrypted resource into its small and big parts (PROTOCOL §1.3).
+    #[command(after_help = SPLIT_EXAMPLES)]
+    Split(crypt::SplitArgs),
+    /// Join a small and a big part back into the encrypted resource.
+    #[command(after_help = JOIN_EXAMPLES)]
+    Join(crypt::JoinArgs),
+    /// Encrypt a `docker save` archive into images.enc with a key fragment (PROTOCOL §1.4).
+    #[command(after_help = PACK_IMAGES_EXAMPLES)]
+    PackImages(crypt::PackImagesArgs),
+    /// Unlock the image archive here and now, without the HTTP service.
+    #[command(after_help = UNLOCK_EXAMPLES)]
+    Unlock(unlock::UnlockArgs),
+    /// Print this device's hardware fingerprint and its hash.
+    #[command(after_help = HARDWARE_EXAMPLES)]
+    Hardware,
+    /// Show the health, login and unlock state of a running loader.
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(status::StatusArgs),
+}
+
+/// Why a command failed; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command was asked for something it cannot do as given (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A running loader could not be reached (exit 1).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The work itself failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+    /// Ctrl-C, SIGTERM or SIGHUP (exit 130).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl CliError {
+    pub fn io(what: String, source: std::io::Error) -> Self {
+        Self::Io { what, source }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Interrupted => 130,
+            Self::Io { .. } | Self::Unreachable(_) | Self::Failed(_) => 1,
+        }
+    }
+}
+
+impl Command {
+    /// The log filter unless `RUST_LOG` says otherwise: the service logs
+    /// what it does, the tools only what went wrong (their progress and
+    /// their final error say the rest).
+    fn default_log_filter(&self) -> &'static str {
+        match self {
+            Self::Serve(_) | Self::Dev { .. } => "info",
+            // The unlock use case logs its failure; the command prints it once, at the end.
+            Self::Unlock(_) => "warn,azaion_loader::app::unlock=error",
+            _ => "warn",
+        }
+    }
+}
+
+fn init_logging(json: bool, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP; never, if none can be listened for.
+async fn interrupted() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let unix_signal = |kind: tokio::signal::unix::SignalKind| async move {
+        match tokio::signal::unix::signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(unix)]
+    let (term, hangup) = (
+        unix_signal(tokio::signal::unix::SignalKind::terminate()),
+        // A closed terminal: stop as cleanly as for Ctrl-C.
+        unix_signal(tokio::signal::unix::SignalKind::hangup()),
+    );
+    #[cfg(not(unix))]
+    let (term, hangup) = (std::future::pending::<()>(), std::future::pending::<()>());
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = hangup => {},
+    }
+}
+
+async fn shutdown_signal() {
+    interrupted().await;
+    tracing::info!("shutting down: no new connections; requests in flight may finish");
+}
+
+/// Runs a blocking file command on its own thread; Ctrl-C, SIGTERM or SIGHUP asks it
+/// to stop, and it then drops its unfinished outputs.
+async fn blocking(
+    job: impl FnOnce(&AtomicBool) -> Result<(), CliError> + Send + 'static,
+) -> Result<(), CliError> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let mut task = tokio::task::spawn_blocking(move || job(&flag));
+    tokio::select! {
+        joined = &mut task => {
+            joined.map_err(|e| CliError::Failed(format!("the command stopped unexpectedly: {e}")))?
+        }
+        _ = interrupted() => {
+            cancel.store(true, Ordering::Relaxed);
+            // The job checks the flag between chunks and removes its temporary files.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            Err(CliError::Interrupted)
+        }
+    }
+}
+
+async fn interruptible(work: impl Future<Output = Result<(), CliError>>) -> Result<(), CliError> {
+    tokio::select! {
+        result = work => result,
+        _ = interrupted() => Err(CliError::Interrupted),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let resolved = args.resolve().map_err(|e| CliError::Usage(e.to_string()))?;
+    tracing::info!("effective configuration: {}", resolved.summary());
+    let config = resolved.config;
+    let ports = real_ports(&config).map_err(CliError::Failed)?;
+    let app = Application::build(&config, ports)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = app
+        .local_addr()
+        .map_err(|e| CliError::io("the listener has no address".to_owned(), e))?;
+    tracing::info!("listening on http://{addr}");
+    app.serve(shutdown_signal())
+        .await
+        .map_err(|e| CliError::Failed(format!("serving failed: {e}")))
+}
+
+async fn dispatch(command: Command, mode: ProgressMode) -> Result<(), CliError> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Dev {
+            listen,
+            data_dir,
+            docker_host,
+            images,
+        } => dev::run(
+            dev::DevOptions {
+                listen,
+                data_dir,
+                docker_host,
+                images: parse_image_list(&images),
+            },
+            shutdown_signal(),
+        )
+        .await
+        .map_err(CliError::Failed),
+        Command::Encrypt(args) => blocking(move |c| crypt::encrypt(args, mode, c)).await,
+        Command::Decrypt(args) => blocking(move |c| crypt::decrypt(args, mode, c)).await,
+        Command::Split(args) => blocking(move |c| crypt::split(args, mode, c)).await,
+        Command::Join(args) => blocking(move |c| crypt::join(args, mode, c)).await,
+        Command::PackImages(args) => blocking(move |c| crypt::pack_images(args, mode, c)).await,
+        Command::Unlock(args) => interruptible(unlock::run(args, mode)).await,
+        Command::Hardware => hardware::run().await,
+        Command::Status(args) => interruptible(status::run(args)).await,
+    }
+}
+
+/// Runs a parsed command line to its exit code; errors go to stderr.
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(cli.log_json, cli.command.default_log_filter());
+    let mode = ProgressMode::detect(cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("azaion-loader: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command, mode));
+    // A job still blocked on stdin after an interrupt must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("azaion-loader: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example_in_its_help() {
+        let mut cli = Cli::command();
+        for sub in cli.get_subcommands_mut() {
+            let help = sub.render_long_help().to_string();
+            assert!(help.contains("Example"), "{}: {help}", sub.get_name());
+        }
+    }
+
+    #[test]
+    fn encrypt_needs_exactly_one_key_source() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ());
+        assert!(parse(&["azaion-loader", "encrypt", "a", "b"]).is_err());
+        assert!(
+            parse(&[
+                "azaion-loader",
+                "encrypt",
+                "--key",
+                "k",
+                "--resource-key",
+                "a",
+                "b"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["azaion-loader", "encrypt", "--resource-key", "a", "b"]).is_ok());
+        assert!(parse(&["azaion-loader", "unlock", "--email", "e"]).is_err());
+    }
+}

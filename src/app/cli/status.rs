@@ -1,0 +1,202 @@
+//! `status`: asks a running loader for `/health`, `/status` and
+//! `/unlock/status` and prints the answers for a person (or as JSON). It only
+//! reads: it never logs in or starts anything, and exits non-zero when the
+//! loader cannot be reached or does not answer healthy.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::CliError;
+use super::progress::{human_bytes, human_duration};
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Base URL of the running loader.
+    #[arg(long, env = "LOADER_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_secs: u64,
+    /// Print the three answers as one JSON object instead.
+    #[arg(long)]
+    json: bool,
+}
+
+fn client(timeout: Duration) -> Result<reqwest::Client, CliError> {
+    // reqwest is built without a crypto provider (one TLS stack for the crate): add ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot build an HTTP client: {e}")))
+}
+
+/// The error and its causes on one line (reqwest's own text names only the URL).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The innermost cause (`Connection refused (os error 111)`), which says it best.
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Result<Value, CliError> {
+    let url = format!("{base}{path}");
+    let response = client.get(&url).send().await.map_err(|e| {
+        let why = if e.is_timeout() {
+            "no answer in time".to_owned()
+        } else if e.is_connect() {
+            root_cause(&e)
+        } else {
+            chain(&e)
+        };
+        CliError::Unreachable(format!(
+            "cannot reach the loader at {base}: {why} (is it running? `azaion-loader serve` starts it)"
+        ))
+    })?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| {
+        CliError::Unreachable(format!("{url}: the answer broke off: {}", chain(&e)))
+    })?;
+    if !status.is_success() {
+        return Err(CliError::Failed(format!(
+            "{url} answered {status}: {}",
+            body.chars().take(200).collect::<String>()
+        )));
+    }
+    serde_json::from_str(&body)
+        .map_err(|e| CliError::Failed(format!("{url} did not answer JSON: {e}")))
+}
+
+pub async fn run(args: StatusArgs) -> Result<(), CliError> {
+    let base = args.url.trim_end_matches('/').to_owned();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(CliError::Usage(format!(
+            "--url {base} is not an http:// or https:// URL"
+        )));
+    }
+    let client = client(Duration::from_secs(args.timeout_secs))?;
+    let health = get_json(&client, &base, "/health").await?;
+    let status = get_json(&client, &base, "/status").await?;
+    let unlock = get_json(&client, &base, "/unlock/status").await?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"url": base, "health": health, "status": status, "unlock": unlock})
+        );
+    } else {
+        print!("{}", render(&base, &health, &status, &unlock));
+    }
+    if health.get("status").and_then(Value::as_str) != Some("healthy") {
+        return Err(CliError::Failed(format!(
+            "the loader at {base} is not healthy"
+        )));
+    }
+    Ok(())
+}
+
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or("?")
+}
+
+/// The answers as aligned `name  value` lines.
+pub fn render(base: &str, health: &Value, status: &Value, unlock: &Value) -> String {
+    let authenticated = match status.get("authenticated").and_then(Value::as_bool) {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "?",
+    };
+    let progress = unlock.get("progress");
+    let number = |key: &str| {
+        progress
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let (done, total, elapsed_ms) = (
+        number("bytes_done"),
+        number("bytes_total"),
+        number("phase_elapsed_ms"),
+    );
+    let mut unlock_line = text(unlock, "state").to_owned();
+    if total > 0 && unlock_line == "decrypting" {
+        let percent = u128::from(done.min(total)) * 100 / u128::from(total);
+        unlock_line.push_str(&format!(", {percent}% of {}", human_bytes(total)));
+    }
+    unlock_line.push_str(&format!(
+        " (for {})",
+        human_duration(Duration::from_millis(elapsed_ms))
+    ));
+    let mut lines = vec![
+        ("loader", base.to_owned()),
+        ("health", text(health, "status").to_owned()),
+        ("authenticated", authenticated.to_owned()),
+        ("model cache", text(status, "modelCacheDir").to_owned()),
+        ("unlock", unlock_line),
+    ];
+    if let Some(error) = unlock.get("error").and_then(Value::as_str) {
+        lines.push(("unlock error", error.to_owned()));
+    }
+    lines
+        .into_iter()
+        .map(|(name, value)| format!("{name:<14} {value}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_healthy_idle_loader_reads_as_aligned_lines() {
+        let text = render(
+            "http://127.0.0.1:8080",
+            &json!({"status": "healthy"}),
+            &json!({"status": "healthy", "authenticated": false, "modelCacheDir": "/c"}),
+            &json!({"state": "idle", "error": null, "progress": {"bytes_done": 0, "bytes_total": 0, "phase_elapsed_ms": 1500}}),
+        );
+        assert_eq!(
+            text,
+            "loader         http://127.0.0.1:8080\n\
+             health         healthy\n\
+             authenticated  no\n\
+             model cache    /c\n\
+             unlock         idle (for 1s)\n"
+        );
+    }
+
+    #[test]
+    fn a_decrypting_unlock_shows_its_share_and_an_error_its_reason() {
+        let text = render(
+            "u",
+            &json!({"status": "healthy"}),
+            &json!({"authenticated": true}),
+            &json!({"state": "decrypting", "progress": {"bytes_done": 512, "bytes_total": 2048, "phase_elapsed_ms": 61000}}),
+        );
+        assert!(
+            text.contains("unlock         decrypting, 25% of 2.0 KiB (for 1m01s)"),
+            "{text}"
+        );
+        let text = render(
+            "u",
+            &json!({}),
+            &json!({}),
+            &json!({"state": "error", "error": "login refused"}),
+        );
+        assert!(text.contains("unlock error   login refused"), "{text}");
+    }
+}

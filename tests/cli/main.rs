@@ -1,0 +1,8 @@
+//! The `azaion-loader` command line end to end: the real binary runs on
+//! temporary files, against a dead port, against a running `dev` stack and,
+//! where a Docker daemon answers, through a whole unlock.
+
+mod commands;
+mod files;
+mod support;
+mod unlock;
