@@ -6,6 +6,7 @@
 mod crash;
 mod docker;
 mod e2e;
+mod faults;
 mod resource_api;
 mod s3;
 mod unlock;
