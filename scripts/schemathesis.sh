@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV="$ROOT/target/schemathesis-venv"
+WORK="$ROOT/target/schemathesis"
 # The CLI flags below are those of schemathesis 4.
 SCHEMATHESIS_SPEC='schemathesis>=4.32,<5'
 MAX_EXAMPLES=${MAX_EXAMPLES:-100}
@@ -32,8 +33,10 @@ if ! "$VENV/bin/schemathesis" --version >/dev/null 2>&1; then
 fi
 log "$("$VENV/bin/schemathesis" --version)"
 
+mkdir -p "$WORK"
+
 # --- the stack -----------------------------------------------------------------
-cargo build --quiet --bin azaion-loader
+cargo build --locked --quiet --bin azaion-loader
 BIN="$ROOT/target/debug/azaion-loader"
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -130,7 +133,9 @@ run_schemathesis() { # extra filter flags...
         --no-color
     )
     [[ -n "$SEED" ]] && args+=(--seed "$SEED")
-    timeout --kill-after=10 "$TIME_LIMIT_SECS" "$VENV/bin/schemathesis" "${args[@]}" "$@"
+    # Run from a folder under target/: schemathesis keeps a `.schemathesis/` cache
+    # in its working directory, which has no place in the source tree.
+    (cd "$WORK" && timeout --kill-after=10 "$TIME_LIMIT_SECS" "$VENV/bin/schemathesis" "${args[@]}" "$@")
 }
 
 # Two passes: the resource routes while logged in as the demo user, then the

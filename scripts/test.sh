@@ -35,3 +35,9 @@ if [ -z "${DOCKER_HOST:-}" ] && [ "${AZAION_SKIP_DOCKER_SETUP:-}" != "1" ]; then
 fi
 
 cargo test --locked --all-targets "$@"
+
+# The HTTP contract, checked by schemathesis against the running local stack
+# (only for a full run: a filtered run is for iterating).
+if [ "$#" -eq 0 ]; then
+    scripts/schemathesis.sh
+fi

@@ -197,6 +197,7 @@ impl ObjectStore for S3ObjectStore {
             })?;
         Ok(ObjectBody {
             len,
+            version: output.e_tag().map(str::to_owned),
             stream: body_stream(output.body, self.read_timeout),
         })
     }
@@ -234,6 +235,7 @@ impl S3ObjectStore {
         if len == Some(from) {
             Ok(ObjectBody {
                 len: 0,
+                version: head.e_tag().map(str::to_owned),
                 stream: Box::pin(futures::stream::empty()),
             })
         } else {

@@ -31,7 +31,7 @@ pub enum LoadError {
     NotFound(String),
     #[error("the small part from the API does not decrypt with this user's key")]
     SmallPartUndecryptable,
-    #[error("the CDN failed: {0}")]
+    #[error(transparent)]
     Cdn(StoreError),
 }
 
@@ -43,7 +43,7 @@ pub enum UploadError {
     NoSuchBucket(String),
     #[error("the upload body could not be read: {0}")]
     BadBody(String),
-    #[error("the CDN failed: {0}")]
+    #[error(transparent)]
     Cdn(StoreError),
 }
 
@@ -171,6 +171,7 @@ impl ResourceService {
             bucket: folder.clone(),
             key,
             big_len: body.len,
+            version: body.version.clone(),
         };
         Ok(Download {
             source: BigPartSource::Cdn,
@@ -286,6 +287,7 @@ struct Resume {
     bucket: Folder,
     key: String,
     big_len: u64,
+    version: Option<String>,
 }
 
 struct DecryptPump {
@@ -360,7 +362,11 @@ fn decrypting_stream(
                     {
                         p.attempts += 1;
                         tracing::warn!(key = %r.key, at = p.big_received, "CDN read cut ({e}); resuming");
-                        match r.store.get(&r.bucket, &r.key, p.big_received).await {
+                        match r
+                            .store
+                            .get_version(&r.bucket, &r.key, p.big_received, r.version.as_deref())
+                            .await
+                        {
                             Ok(body) if body.len == r.big_len - p.big_received => {
                                 p.source = body.stream;
                                 continue;

@@ -12,6 +12,8 @@ use crate::domain::names::Folder;
 pub struct ObjectBody {
     /// Length of this body (for a ranged read: of the range).
     pub len: u64,
+    /// The object's version (S3: its ETag), when the store tells it.
+    pub version: Option<String>,
     pub stream: ByteStream,
 }
 
@@ -42,6 +44,24 @@ pub trait ObjectStore: Send + Sync {
     /// Reads `key` from byte `from` on (0 for the whole object), streamed.
     /// Errors: `NoSuchKey`, `NoSuchBucket`, `Unauthorized`, `Unavailable`, `Unexpected`.
     async fn get(&self, bucket: &Folder, key: &str, from: u64) -> Result<ObjectBody, StoreError>;
+
+    /// Like `get`, but only while the object is still `version` (a read resumed after a
+    /// cut must not splice two versions together). A replaced object is `Unexpected`.
+    async fn get_version(
+        &self,
+        bucket: &Folder,
+        key: &str,
+        from: u64,
+        version: Option<&str>,
+    ) -> Result<ObjectBody, StoreError> {
+        let body = self.get(bucket, key, from).await?;
+        match (version, body.version.as_deref()) {
+            (Some(wanted), Some(found)) if wanted != found => Err(StoreError::Unexpected(format!(
+                "{bucket}/{key} was replaced during the download"
+            ))),
+            _ => Ok(body),
+        }
+    }
 
     /// Writes `key` from a stream of unknown length (multipart for big bodies), replacing
     /// any old object only once the whole body arrived. Never creates the bucket.

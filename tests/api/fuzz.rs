@@ -310,6 +310,20 @@ async fn send_and_check(
     let Ok(url) = reqwest::Url::parse(&app.url(&req.path)) else {
         return Ok(None); // not a URL a client could send
     };
+    // A refused upload stores nothing: neither part of a name that did not exist.
+    let upload_name = req
+        .path
+        .strip_prefix("/upload/")
+        .filter(|name| ResourceName::parse(name).is_ok())
+        .map(str::to_owned);
+    let stored = |name: &str| {
+        app.store.object(FOLDER, &format!("{name}.big")).is_some()
+            || app
+                .api
+                .file(Some(FOLDER), &format!("{name}.small"))
+                .is_some()
+    };
+    let existed = upload_name.as_deref().map(stored);
     let mut builder = if req.post {
         client.post(url)
     } else {
@@ -335,6 +349,9 @@ async fn send_and_check(
         Err(e) if req.body.len() > READ_WHOLE_MAX && e.is_request() => {
             let health = app.get("/health").await.status();
             prop_assert_eq!(health, 200);
+            if let (Some(name), Some(false)) = (&upload_name, existed) {
+                prop_assert!(!stored(name), "a failed upload stored {name}");
+            }
             return Ok(Some(0));
         }
         Err(e) => {
@@ -369,6 +386,11 @@ async fn send_and_check(
             ))
         })?;
         prop_assert!(value["detail"].is_string(), "{status}: {value}");
+    }
+    if !status.is_success()
+        && let (Some(name), Some(false)) = (&upload_name, existed)
+    {
+        prop_assert!(!stored(name), "a refused upload ({status}) stored {name}");
     }
     let outside = app.files_outside_cache();
     prop_assert!(outside.is_empty(), "files outside the cache: {outside:?}");

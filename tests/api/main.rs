@@ -5,6 +5,7 @@ mod fuzz;
 mod load;
 mod login_and_status;
 mod openapi;
+mod security;
 mod support;
 mod unlock;
 mod upload;

@@ -7,6 +7,7 @@ mod crash;
 mod docker;
 mod e2e;
 mod faults;
+mod load;
 mod resource_api;
 mod s3;
 mod unlock;

@@ -121,6 +121,7 @@ impl BigPartCache for FakeCache {
             .collect();
         Ok(CacheLookup::Hit(ObjectBody {
             len,
+            version: None,
             stream: Box::pin(futures::stream::iter(pieces)),
         }))
     }

@@ -20,6 +20,8 @@ struct State {
     objects: HashMap<(String, String), Bytes>,
     /// Cut the next N reads after this many bytes.
     cut_reads: Vec<u64>,
+    /// After the next cut, the object is replaced by these bytes (a re-upload mid-download).
+    replace_after_cut: Option<Bytes>,
 }
 
 pub struct FakeObjectStore {
@@ -90,6 +92,13 @@ impl FakeObjectStore {
         lock(&self.state).cut_reads.push(after);
     }
 
+    /// The next read is cut after `after` bytes, and the object replaced by `data` meanwhile.
+    pub fn cut_next_read_and_replace(&self, after: u64, data: impl Into<Bytes>) {
+        let mut s = lock(&self.state);
+        s.cut_reads.push(after);
+        s.replace_after_cut = Some(data.into());
+    }
+
     /// Every read so far: (key, offset).
     pub fn gets(&self) -> Vec<(String, u64)> {
         lock(&self.gets).clone()
@@ -120,6 +129,12 @@ impl ObjectStore for FakeObjectStore {
             } else {
                 Some(s.cut_reads.remove(0))
             };
+            if cut.is_some()
+                && let Some(newer) = s.replace_after_cut.take()
+            {
+                s.objects
+                    .insert((bucket.as_str().to_owned(), key.to_owned()), newer);
+            }
             (data, cut)
         };
         let start = (from as usize).min(data.len());
@@ -142,6 +157,7 @@ impl ObjectStore for FakeObjectStore {
             .collect();
         Ok(ObjectBody {
             len,
+            version: Some(format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&data))),
             stream: Box::pin(futures::stream::iter(pieces)),
         })
     }

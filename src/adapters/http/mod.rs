@@ -4,10 +4,10 @@
 //! `GET /openapi.json` describes it, generated from the annotations here.
 //!
 //! Limits: a JSON body is at most 64 KiB (413 past that); an upload streams,
-//! but its `folder` and any unknown field are at most 1 KiB and a form has a
-//! bounded number of fields (400). Request heads are bounded by hyper's
-//! HTTP/1 read buffer (about 400 KiB, the default kept here): a larger head
-//! is answered 431 by hyper itself, before any handler, with an empty body.
+//! but its `folder` and any unknown field are at most 1 KiB and a form holds
+//! at most 16 fields (400 past either). The request head's size and read time
+//! are bounded by the server (`crate::app`): hyper answers 431 to a head that
+//! is too large, before any handler and with an empty body.
 
 mod error;
 mod openapi;
@@ -130,11 +130,40 @@ fn json_rejection(rejection: JsonRejection) -> HttpError {
         JsonRejection::JsonSyntaxError(_) => "the body is not valid JSON".to_owned(),
         JsonRejection::JsonDataError(e) => format!(
             "the JSON body does not have the expected fields: {}",
-            e.body_text()
+            without_quoted_strings(&e.body_text())
         ),
         other => other.body_text(),
     };
     HttpError::new(status, detail)
+}
+
+/// serde quotes a string value it did not expect (`invalid type: string
+/// "...", expected ...`), and that value may be a password: keep the shape of
+/// the message, drop every double-quoted span.
+fn without_quoted_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in message.chars() {
+        if quoted {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    quoted = false;
+                    out.push_str("\"…\"");
+                }
+                _ => escaped = false,
+            }
+        } else if c == '"' {
+            quoted = true;
+        } else {
+            out.push(c);
+        }
+    }
+    if quoted {
+        out.push_str("\"…");
+    }
+    out
 }
 
 #[utoipa::path(
@@ -309,4 +338,28 @@ async fn method_not_allowed() -> impl IntoResponse {
         StatusCode::METHOD_NOT_ALLOWED,
         "this endpoint does not answer to that method",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_quoted_strings;
+
+    #[test]
+    fn quoted_values_are_dropped_from_deserialisation_messages() {
+        for (message, expected) in [
+            (
+                r#"invalid type: string "hunter2", expected struct X at line 1 column 9"#,
+                r#"invalid type: string "…", expected struct X at line 1 column 9"#,
+            ),
+            (
+                r#"password: invalid type: string "a\"b\\", expected u8"#,
+                r#"password: invalid type: string "…", expected u8"#,
+            ),
+            ("missing field `password`", "missing field `password`"),
+            (r#"cut "off"#, r#"cut "…"#),
+            ("", ""),
+        ] {
+            assert_eq!(without_quoted_strings(message), expected, "{message}");
+        }
+    }
 }

@@ -23,6 +23,8 @@ use crate::ports::ByteStream;
 
 /// A `folder` text field longer than this is not a folder.
 const FOLDER_FIELD_MAX: usize = 1024;
+/// A form needs two fields; past this many it is not an upload form.
+const FORM_FIELDS_MAX: usize = 16;
 
 fn bad(detail: impl Into<String>) -> HttpError {
     HttpError::new(StatusCode::BAD_REQUEST, detail)
@@ -130,7 +132,12 @@ async fn read_form(
     let mut start = Some(start);
 
     let outcome: Result<(), HttpError> = async {
+        let mut fields = 0usize;
         while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+            fields += 1;
+            if fields > FORM_FIELDS_MAX {
+                return Err(bad("the form holds too many fields"));
+            }
             match field.name() {
                 Some("folder") if folder.is_some() => {
                     return Err(bad("the form holds more than one folder field"));
@@ -147,12 +154,15 @@ async fn read_form(
                         if let Some(start) = start.take() {
                             let _ = start.send((folder, channel_stream(rx)));
                         }
+                        // Kept outside this block before the first read: should the form
+                        // break off midway, the error must go down the stream (below), or
+                        // the upload would see a clean end and store a truncated resource.
+                        let tx = streaming.insert(tx);
                         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                             if tx.send(Ok(chunk)).await.is_err() {
                                 break; // the upload gave up; its error is reported
                             }
                         }
-                        streaming = Some(tx);
                     } else {
                         let mut held = Spool::new_in(&state.cache_dir).map_err(|e| {
                             server_error(
