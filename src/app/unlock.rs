@@ -297,3 +297,70 @@ impl UnlockService {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::fakes::{FakeClock, FakeResourceApi, FakeRoute};
+    use async_trait::async_trait;
+    use mockall::predicate::eq;
+
+    mockall::mock! {
+        Runtime {}
+        #[async_trait]
+        impl ContainerRuntime for Runtime {
+            async fn image_present(&self, reference: &str) -> Result<bool, RuntimeError>;
+            async fn load(&self, archive: ByteStream) -> Result<Vec<String>, RuntimeError>;
+        }
+    }
+
+    async fn wait_done(service: &UnlockService) -> UnlockStatus {
+        for _ in 0..500 {
+            let s = service.status();
+            if !s.phase.is_running() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("unlock still running");
+    }
+
+    /// The interaction is the point here: with every image present, each one is
+    /// asked about exactly once per check and nothing is loaded, logged in or fetched.
+    #[tokio::test]
+    async fn images_already_present_are_checked_once_each_and_nothing_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("images.enc");
+        std::fs::write(&archive, [0u8; 32]).unwrap();
+        let mut runtime = MockRuntime::new();
+        for image in ["azaion/a:1", "azaion/b:2"] {
+            runtime
+                .expect_image_present()
+                .with(eq(image))
+                .times(1)
+                .returning(|_| Ok(true));
+        }
+        runtime.expect_load().times(0);
+        let api = Arc::new(FakeResourceApi::new());
+        let service = Arc::new(UnlockService::new(
+            api.clone(),
+            Arc::new(runtime),
+            Arc::new(FakeClock::default()),
+            UnlockSettings {
+                images_path: archive,
+                expected_images: vec!["azaion/a:1".into(), "azaion/b:2".into()],
+            },
+        ));
+        let credentials = Credentials {
+            email: "a@b.c".into(),
+            password: "pw".into(),
+        };
+        assert_eq!(
+            service.start(credentials).await,
+            Ok(UnlockPhase::Authenticating)
+        );
+        assert_eq!(wait_done(&service).await.phase, UnlockPhase::Ready);
+        assert_eq!(api.calls(FakeRoute::Login), 0);
+        assert_eq!(api.calls(FakeRoute::KeyFragment), 0);
+    }
+}
