@@ -93,6 +93,20 @@ impl Loader {
     }
 }
 
+/// Deterministic pseudo-random bytes (xorshift), different for each `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Deterministic pseudo-random bytes, generated in chunks (never all at once).
 fn chunk_of(seed: u64, index: u64, len: usize) -> Vec<u8> {
     let mut x = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;

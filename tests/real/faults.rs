@@ -11,20 +11,7 @@ use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::e2e::Loader;
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(seed);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+use crate::e2e::{Loader, pattern};
 
 struct Setup {
     dir: tempfile::TempDir,
