@@ -52,8 +52,8 @@ install_missing() {
 install_missing
 
 log "building (release)"
-cargo build --release --locked --bin azaion-loader
-throughput="$(cargo bench --locked --no-run --bench throughput --message-format=json 2>/dev/null |
+cargo build --release --bin azaion-loader
+throughput="$(cargo bench --no-run --bench throughput --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

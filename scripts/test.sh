@@ -40,4 +40,6 @@ cargo test --locked --all-targets "$@"
 # (only for a full run: a filtered run is for iterating).
 if [ "$#" -eq 0 ]; then
     scripts/schemathesis.sh
+    # The status page in headless Chromium; screenshot in target/artifacts/status-page.png.
+    scripts/browser-test.sh
 fi

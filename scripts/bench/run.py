@@ -39,6 +39,7 @@ FOLDER = "models"
 # PROTOCOL §1.4 with the dev stack's fragment (src/app/dev.rs: DEMO_FRAGMENT).
 DEV_FRAGMENT = b"dev-key-fragment"
 S3_READER = "dev-reader:dev-reader-secret"
+S3_WRITER = "dev-writer:dev-writer-secret"
 BIG_NAME = "bench-1g.bin"
 MID_NAME = "bench-64m.bin"
 IMAGE_REF = "azaion-bench/unlock:1"
@@ -472,6 +473,25 @@ class Bench:
         base = self.mbps.get("openssl_e") or self.openssl_mbps("-e", self.plain_big)
         self.table.ratio_row(f"P6 /upload {self.size_label}", figure, base, "MB/s", "openssl -e", 0.7)
         self.table.peak_row("P6 /upload peak RSS", peak, 128)
+        # What the embedded S3 server itself takes: one signed PUT of the same bytes.
+        ceiling = self.best(lambda: self.s3_put(self.plain_big, "bench-put-ceiling.bin"), 2)
+        self.table.add(
+            f"P6 context: curl PUT {self.size_label} straight to S3",
+            f"{self.args.big / ceiling / 1e6:.0f} MB/s",
+            target="(information)",
+        )
+
+    def s3_put(self, path, key):
+        code, _, up, seconds = curl(
+            [
+                "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", S3_WRITER,
+                "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+                "-T", path, f"{self.stack.s3}/{FOLDER}/{key}", "-o", "/dev/null",
+            ]
+        )
+        if code != 200 or up != os.path.getsize(path):
+            raise Failure(f"signed S3 PUT: HTTP {code}, {up} bytes sent")
+        return seconds
 
     # P3 ----------------------------------------------------------------------------
 

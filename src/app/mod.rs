@@ -5,6 +5,7 @@ pub mod cli;
 pub mod compose;
 pub mod config;
 pub mod dev;
+pub mod metrics;
 pub mod resources;
 pub mod session;
 pub mod spool;
@@ -22,6 +23,7 @@ use crate::ports::{
     BigPartCache, Clock, ContainerRuntime, HardwareProbe, ObjectStoreConnector, ResourceApi,
 };
 use config::Config;
+use metrics::Metrics;
 use resources::ResourceService;
 use session::SessionService;
 use unlock::{UnlockService, UnlockSettings};
@@ -52,10 +54,14 @@ pub struct AppState {
     pub unlock: Arc<UnlockService>,
     /// Absolute path of the cache folder, reported by `/status`.
     pub cache_dir: PathBuf,
+    /// What `GET /metrics` reports; the API, CDN and cache ports count into it.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(config: &Config, ports: Ports) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let ports = metrics::metered(ports, &metrics);
         let session = Arc::new(SessionService::new(
             ports.api.clone(),
             ports.cdn.clone(),
@@ -77,6 +83,7 @@ impl AppState {
             resources,
             unlock,
             cache_dir: config.model_cache_dir.clone(),
+            metrics,
         }
     }
 }

@@ -156,11 +156,12 @@ impl UnlockService {
         self.bytes_total.store(0, Ordering::Relaxed);
         let phase = self.apply(UnlockEvent::Start);
         let this = self.clone();
-        tokio::spawn(async move {
+        // The run's log lines carry the id of the request that started it.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             if let Err(reason) = this.run(credentials).await {
                 this.apply(UnlockEvent::Failed(reason));
             }
-        });
+        }));
         Ok(phase)
     }
 

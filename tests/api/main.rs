@@ -4,7 +4,9 @@
 mod fuzz;
 mod load;
 mod login_and_status;
+mod metrics;
 mod openapi;
+mod page;
 mod security;
 mod support;
 mod unlock;

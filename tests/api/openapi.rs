@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use crate::support::TestApp;
 
-/// Every operation of PROTOCOL §5, plus the document itself.
+/// Every operation of PROTOCOL §5, plus the document itself, the status page,
+/// the cache listing and the metrics.
 const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/health"),
     ("get", "/status"),
@@ -15,6 +16,9 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/unlock"),
     ("get", "/unlock/status"),
     ("get", "/openapi.json"),
+    ("get", "/"),
+    ("get", "/cache"),
+    ("get", "/metrics"),
 ];
 
 async fn document(app: &TestApp) -> Value {

@@ -2,6 +2,8 @@
 //! shapes and names before any I/O, maps every error to a status and a
 //! `{"detail": ...}` body in one place, and never puts a secret in a body.
 //! `GET /openapi.json` describes it, generated from the annotations here.
+//! Every request carries an `x-request-id` into its log lines and back on
+//! its response; `GET /metrics` counts, `GET /` shows a status page.
 //!
 //! Limits: a JSON body is at most 64 KiB (413 past that); an upload streams,
 //! but its `folder` and any unknown field are at most 1 KiB and a form holds
@@ -10,7 +12,9 @@
 //! is too large, before any handler and with an empty body.
 
 mod error;
+mod observe;
 mod openapi;
+mod page;
 mod upload;
 
 use axum::Json;
@@ -22,8 +26,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 pub use error::HttpError;
 pub use openapi::{ApiDoc, ErrorBody, document as openapi_document};
@@ -52,11 +59,31 @@ pub fn router(state: AppState) -> Router {
         .route("/unlock", post(unlock))
         .route("/unlock/status", get(unlock_status))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/", get(page::status_page))
+        .route("/cache", get(page::cache))
+        .route("/metrics", get(observe::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Innermost first: each layer below wraps the ones above it.
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(middleware::from_fn(read_small_body_first))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::count_and_log,
+        ))
+        .layer(PropagateRequestIdLayer::new(observe::X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(observe::request_span)
+                .on_request(())
+                .on_response(()),
+        )
+        .layer(SetRequestIdLayer::new(
+            observe::X_REQUEST_ID,
+            MakeRequestUuid,
+        ))
+        .layer(middleware::map_request(observe::drop_unusable_request_id))
         .with_state(state)
 }
 
@@ -276,7 +303,13 @@ async fn load(
     let name = ResourceName::parse(&filename)?;
     let folder = Folder::parse(&body.folder)?;
     let download = state.resources.download(&folder, &name).await?;
-    let mut response = Response::new(Body::from_stream(download.plaintext));
+    let metrics = state.metrics.clone();
+    let plaintext = download.plaintext.inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            metrics.add_load_bytes(bytes.len() as u64);
+        }
+    });
+    let mut response = Response::new(Body::from_stream(plaintext));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

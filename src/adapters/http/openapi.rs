@@ -109,6 +109,37 @@ pub struct UnlockStatusBody {
     pub progress: UnlockProgressBody,
 }
 
+/// `GET /cache`: what the local cache of big parts holds.
+#[derive(Serialize, ToSchema)]
+pub struct CacheBody {
+    pub usage: CacheUsageBody,
+    /// The cached big parts, by folder and name.
+    pub entries: Vec<CacheEntryBody>,
+}
+
+/// How much the cache holds, against its limit.
+#[derive(Serialize, ToSchema)]
+pub struct CacheUsageBody {
+    /// Bytes of every cached big part together.
+    pub bytes: u64,
+    /// How many big parts are cached.
+    pub entries: u64,
+    /// The size limit in bytes; null when the cache is unlimited.
+    #[schema(required = true)]
+    pub limit: Option<u64>,
+}
+
+/// One cached big part (still encrypted).
+#[derive(Serialize, ToSchema)]
+pub struct CacheEntryBody {
+    #[schema(example = "models")]
+    pub folder: String,
+    /// The resource it belongs to.
+    #[schema(example = "demo.txt")]
+    pub name: String,
+    pub bytes: u64,
+}
+
 /// `POST /login` and `POST /unlock`: the Resource API credentials.
 #[derive(Deserialize, ToSchema)]
 pub struct CredentialsBody {
@@ -179,6 +210,9 @@ pub struct UploadForm {
         super::upload::upload,
         super::unlock,
         super::unlock_status,
+        super::page::cache,
+        super::page::status_page,
+        super::observe::metrics,
         openapi_json,
     ),
     components(schemas(
@@ -190,6 +224,9 @@ pub struct UploadForm {
         UnlockStartBody,
         UnlockProgressBody,
         UnlockStatusBody,
+        CacheBody,
+        CacheUsageBody,
+        CacheEntryBody,
         CredentialsBody,
         LoadBody,
         UploadForm,
