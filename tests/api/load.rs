@@ -513,3 +513,17 @@ async fn an_object_replaced_during_a_resumed_read_is_never_spliced_or_cached() {
     }
     assert!(!app.cache.contains(FOLDER, "m.bin"));
 }
+
+#[tokio::test]
+async fn a_small_part_that_does_not_decrypt_answers_502_and_caches_nothing() {
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(20_000, 22));
+    app.api.corrupt_next_resources(1);
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 502);
+    assert!(!app.cache.contains(FOLDER, "m.bin"));
+    assert!(
+        app.store.gets().is_empty(),
+        "the CDN is not read for an undecryptable small part"
+    );
+}

@@ -183,3 +183,35 @@ async fn an_oversized_request_header_is_refused() {
         ),
     }
 }
+
+#[tokio::test]
+async fn login_answers_401_when_the_api_token_is_not_a_jwt() {
+    let app = TestApp::spawn().await;
+    app.api.issue_malformed_tokens(true);
+    let r = app.login().await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        TestApp::json(r).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("JWT")
+    );
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn login_answers_401_when_cdn_yaml_does_not_decrypt() {
+    let app = TestApp::spawn().await;
+    app.api.corrupt_next_resources(1);
+    let r = app.login().await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        TestApp::json(r).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("could not be decrypted")
+    );
+}

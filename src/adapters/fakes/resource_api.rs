@@ -32,6 +32,8 @@ struct State {
     tokens: HashMap<String, String>,
     revoked: HashSet<String>,
     key_fragment: Vec<u8>,
+    malformed_tokens: bool,
+    corrupt_next: usize,
 }
 
 #[derive(Default)]
@@ -84,6 +86,16 @@ impl FakeResourceApi {
 
     pub fn bound_hardware(&self, email: &str) -> Option<String> {
         lock(&self.state).bindings.get(email).cloned()
+    }
+
+    /// Logins from now on answer a token that is not a JWT.
+    pub fn issue_malformed_tokens(&self, on: bool) {
+        lock(&self.state).malformed_tokens = on;
+    }
+
+    /// The next `count` resource answers are damaged in transit (undecryptable).
+    pub fn corrupt_next_resources(&self, count: usize) {
+        lock(&self.state).corrupt_next = count;
     }
 
     /// Every token issued so far is refused from now on (as after expiry).
@@ -144,7 +156,11 @@ impl ResourceApi for FakeResourceApi {
         match s.users.get(&credentials.email) {
             Some(pw) if pw == credentials.password.expose() => {
                 let n = self.next_token.fetch_add(1, Ordering::Relaxed);
-                let token = fake_jwt(n, &credentials.email);
+                let token = if s.malformed_tokens {
+                    format!("not-a-jwt-{n}")
+                } else {
+                    fake_jwt(n, &credentials.email)
+                };
                 s.tokens.insert(token.clone(), credentials.email.clone());
                 Ok(SecretString::new(token))
             }
@@ -178,7 +194,13 @@ impl ResourceApi for FakeResourceApi {
         let key = AesKey::from_key_string(&api_key(&email, password, &hardware_hash(hardware)));
         let mut iv = [0u8; 16];
         getrandom::fill(&mut iv).map_err(|e| ApiError::Unexpected(e.to_string()))?;
-        Ok(Bytes::from(encrypt(&key, iv, &plain)))
+        let mut answer = encrypt(&key, iv, &plain);
+        if s.corrupt_next > 0 {
+            s.corrupt_next -= 1;
+            let n = answer.len();
+            answer[n - 17] ^= 0x5a; // garbles the padding of the last block
+        }
+        Ok(Bytes::from(answer))
     }
 
     async fn put_resource(
