@@ -29,6 +29,19 @@ struct Counts {
     statuses: AtomicU64,
     bad: AtomicU64,
     failures: AtomicU64,
+    reasons: std::sync::Mutex<Vec<String>>,
+}
+
+fn expect_status(
+    r: reqwest::Result<reqwest::Response>,
+    want: u16,
+    what: &str,
+) -> Result<(), String> {
+    match r {
+        Ok(r) if r.status() == want => Ok(()),
+        Ok(r) => Err(format!("{what}: status {}", r.status())),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +71,11 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
     let counts = Arc::new(Counts::default());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(60))
+        // The loader closes a connection idle for its 10 s header timeout; a client
+        // must not reuse one idle that long (see README, Exposure).
+        .pool_idle_timeout(Duration::from_secs(5))
+        // A request may queue for long on two busy cores; losing one is the failure, waiting is not.
+        .timeout(Duration::from_secs(300))
         .build()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -69,23 +86,23 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
             let mut n = worker;
             while Instant::now() < deadline {
                 n += 1;
-                match n % 4 {
+                let (counter, outcome) = match n % 4 {
                     0 => {
                         let r = client
                             .post(loader.url("/load/m.bin"))
                             .json(&json!({"folder": DEMO_FOLDER}))
                             .send()
                             .await;
-                        let ok = match r {
-                            Ok(r) if r.status() == 200 => r
-                                .bytes()
-                                .await
-                                .map(|b| Sha256::digest(&b) == digest)
-                                .unwrap_or(false),
-                            _ => false,
+                        let outcome = match r {
+                            Ok(r) if r.status() == 200 => match r.bytes().await {
+                                Ok(b) if Sha256::digest(&b) == digest => Ok(()),
+                                Ok(b) => Err(format!("load: {} wrong bytes", b.len())),
+                                Err(e) => Err(format!("load body: {e}")),
+                            },
+                            Ok(r) => Err(format!("load: status {}", r.status())),
+                            Err(e) => Err(format!("load: {e}")),
                         };
-                        let c = if ok { &counts.loads } else { &counts.failures };
-                        c.fetch_add(1, Ordering::Relaxed);
+                        (&counts.loads, outcome)
                     }
                     1 => {
                         let r = client
@@ -93,9 +110,7 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
                             .json(&json!({"folder": DEMO_FOLDER}))
                             .send()
                             .await;
-                        let ok = matches!(r, Ok(ref r) if r.status() == 400);
-                        let c = if ok { &counts.bad } else { &counts.failures };
-                        c.fetch_add(1, Ordering::Relaxed);
+                        (&counts.bad, expect_status(r, 400, "bad name"))
                     }
                     2 => {
                         let r = client
@@ -104,21 +119,23 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
                             .body("{broken")
                             .send()
                             .await;
-                        let ok = matches!(r, Ok(ref r) if r.status() == 400);
-                        let c = if ok { &counts.bad } else { &counts.failures };
-                        c.fetch_add(1, Ordering::Relaxed);
+                        (&counts.bad, expect_status(r, 400, "broken login"))
                     }
                     _ => {
                         let r = client.get(loader.url("/status")).send().await;
-                        let ok = matches!(r, Ok(ref r) if r.status() == 200);
-                        let c = if ok {
-                            &counts.statuses
-                        } else {
-                            &counts.failures
-                        };
-                        c.fetch_add(1, Ordering::Relaxed);
+                        (&counts.statuses, expect_status(r, 200, "status"))
                     }
-                }
+                };
+                match outcome {
+                    Ok(()) => counter.fetch_add(1, Ordering::Relaxed),
+                    Err(reason) => {
+                        let mut reasons = counts.reasons.lock().unwrap();
+                        if reasons.len() < 10 {
+                            reasons.push(reason);
+                        }
+                        counts.failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
             }
         }));
     }
@@ -139,18 +156,27 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
         counts.bad.load(Ordering::Relaxed),
         counts.failures.load(Ordering::Relaxed),
     );
-    // The second half of the run against the first: a leak keeps climbing, a
-    // steady state does not.
-    let half = samples.len() / 2;
-    let first_half_max = samples[..half].iter().copied().max().unwrap_or(0);
-    let rss_warm = first_half_max;
+    // The last quarter of the run against what came before: a leak keeps climbing,
+    // a steady state levels off (the climb before it is connection buffers and the
+    // allocator filling up to the working set of 256 connections).
+    let quarter = samples.len() * 3 / 4;
+    let rss_warm = samples.get(quarter).copied().unwrap_or(0);
     println!(
         "load for {secs} s over 256 connections: {loads} loads of 1 MiB byte-exact, {statuses} /status, {bad} bad requests refused, {failures} failures; RSS (KiB, every second): {samples:?}; end {rss_end} KiB, peak {peak} KiB"
     );
-    assert_eq!(failures, 0);
+    assert_eq!(
+        failures,
+        0,
+        "first failures: {:?}",
+        counts.reasons.lock().unwrap()
+    );
     assert!(loads > 0 && statuses > 0 && bad > 0);
     assert!(
-        rss_end <= rss_warm + 32 * 1024,
-        "memory kept growing under steady load: first-half peak {rss_warm} KiB, end {rss_end} KiB"
+        rss_end <= rss_warm + 16 * 1024,
+        "memory kept growing under steady load: {rss_warm} KiB at 3/4 of the run, {rss_end} KiB at the end"
+    );
+    assert!(
+        peak <= 512 * 1024,
+        "peak RSS {peak} KiB for 256 connections"
     );
 }
