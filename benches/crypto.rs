@@ -2,6 +2,9 @@
 //! chunk sizes the adapters use, as throughput. Kept short: ten samples each.
 //!
 //!   cargo bench --bench crypto
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument, an unoptimised
+//! build) each case runs once over 1 MiB, as a quick check that it works.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -11,6 +14,7 @@ use azaion_loader::domain::keys::{AesKey, resource_key};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const INPUT_LEN: usize = 64 << 20;
+const TEST_MODE_INPUT_LEN: usize = 1 << 20;
 const CHUNKS: [usize; 4] = [16 << 10, 256 << 10, 1 << 20, 4 << 20];
 const IV: [u8; 16] = [0x5a; 16];
 
@@ -59,8 +63,14 @@ fn decrypt_streaming(key: &AesKey, input: &[u8], chunk: usize, out: &mut Vec<u8>
 }
 
 fn streaming_cipher(c: &mut Criterion) {
+    let benchmarking = std::env::args().any(|arg| arg == "--bench");
+    let input_len = if benchmarking {
+        INPUT_LEN
+    } else {
+        TEST_MODE_INPUT_LEN
+    };
     let key = AesKey::from_key_string(&resource_key());
-    let plaintext = pseudo_random(INPUT_LEN);
+    let plaintext = pseudo_random(input_len);
     let ciphertext = encrypt(&key, IV, &plaintext);
 
     let mut group = c.benchmark_group("cipher_64MiB");
@@ -68,7 +78,7 @@ fn streaming_cipher(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
-        .throughput(Throughput::Bytes(INPUT_LEN as u64));
+        .throughput(Throughput::Bytes(input_len as u64));
     for chunk in CHUNKS {
         let label = format!("{}KiB", chunk >> 10);
         let mut out = Vec::with_capacity(chunk + 32);

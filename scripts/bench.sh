@@ -51,18 +51,24 @@ install_missing() {
 
 install_missing
 
-log "building (release)"
-cargo build --release --bin azaion-loader
-throughput="$(cargo bench --no-run --bench throughput --message-format=json 2>/dev/null |
+# The path of an executable cargo built, from its JSON messages on stdin.
+executable_of() {
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "throughput" and m.get("executable"):
-        print(m["executable"])')"
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+}
+
+log "building (release; the first build takes ~20 minutes on 2 cores)"
+loader="$(cargo build --release --bin azaion-loader --message-format=json-render-diagnostics | executable_of azaion-loader)"
+throughput="$(cargo bench --no-run --bench throughput --message-format=json-render-diagnostics | executable_of throughput)"
+[ -x "$loader" ] || { log "the loader did not build"; exit 1; }
 [ -x "$throughput" ] || { log "the throughput bench did not build"; exit 1; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/azaion-bench.XXXXXX")"
 docker_dir="" runner=""
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     if [ -n "$runner" ]; then
         kill -TERM "$runner" 2>/dev/null || true
@@ -70,9 +76,11 @@ cleanup() {
     fi
     # Whatever the runner started and could not stop itself (it notes every pid).
     local pid
-    for pid in $(cat "$work/pids" 2>/dev/null); do
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    if [ -f "$work/pids" ]; then
+        while read -r pid; do
+            kill -KILL "$pid" 2>/dev/null || true
+        done <"$work/pids"
+    fi
     if [ -n "$docker_dir" ]; then scripts/docker-daemon.sh stop "$docker_dir" >/dev/null 2>&1 || true; fi
     rm -rf -- "$work"
 }
@@ -100,7 +108,7 @@ fi
 
 # In the background, so that a signal to this script reaches the trap at once.
 python3 scripts/bench/run.py \
-    --binary target/release/azaion-loader \
+    --binary "$loader" \
     --throughput "$throughput" \
     --work "$work" \
     --docker-host "$docker_host" \
