@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod compose;
 pub mod config;
+pub mod decrypt_file;
 pub mod dev;
 pub mod metrics;
 pub mod resources;

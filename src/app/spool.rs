@@ -6,8 +6,7 @@
 use std::io::SeekFrom;
 use std::path::Path;
 
-use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::domain::cipher::{Decryptor, Encryptor};
 use crate::domain::keys::AesKey;
@@ -58,37 +57,13 @@ impl Spool {
         self.file.flush().await?;
         self.file.seek(SeekFrom::Start(0)).await?;
         let decryptor = Decryptor::new(&self.key).with_expected_len(self.written);
-        let state = (self.file, Some(decryptor));
-        Ok(Box::pin(futures::stream::unfold(
-            state,
-            |(mut file, mut decryptor)| async move {
-                loop {
-                    let dec = decryptor.as_mut()?;
-                    let mut buf = vec![0u8; CHUNK];
-                    let n = match file.read(&mut buf).await {
-                        Ok(n) => n,
-                        Err(e) => return Some((Err(e), (file, None))),
-                    };
-                    let mut out = Vec::with_capacity(n + 16);
-                    if n == 0 {
-                        let done = decryptor.take().map(|d| d.finish(&mut out));
-                        return match done {
-                            Some(Ok(())) if out.is_empty() => None,
-                            Some(Ok(())) => Some((Ok(Bytes::from(out)), (file, None))),
-                            Some(Err(e)) => Some((
-                                Err(std::io::Error::other(format!("spool damaged: {e}"))),
-                                (file, None),
-                            )),
-                            None => None,
-                        };
-                    }
-                    dec.update(&buf[..n], &mut out);
-                    if !out.is_empty() {
-                        return Some((Ok(Bytes::from(out)), (file, decryptor)));
-                    }
-                }
-            },
-        )))
+        Ok(super::decrypt_file::decrypting_file(
+            self.file,
+            decryptor,
+            "the spooled upload",
+            |_| {},
+            || {},
+        ))
     }
 }
 

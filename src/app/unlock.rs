@@ -8,9 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use futures::StreamExt;
-use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 
 use crate::domain::cipher::Decryptor;
@@ -19,9 +16,6 @@ use crate::domain::unlock::{UnlockEvent, UnlockPhase, UnlockState};
 use crate::ports::{
     ApiError, ByteStream, Clock, ContainerRuntime, Credentials, ResourceApi, RuntimeError,
 };
-
-/// Read size from the archive file.
-const READ_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnlockStartError {
@@ -245,57 +239,19 @@ impl UnlockService {
         key: AesKey,
         size: u64,
     ) -> ByteStream {
-        struct Pump {
-            file: tokio::fs::File,
-            decryptor: Option<Decryptor>,
-            service: Arc<UnlockService>,
-        }
-        let pump = Pump {
+        let decryptor = Decryptor::new(&key).with_expected_len(size);
+        let progress = self.clone();
+        crate::app::decrypt_file::decrypting_file(
             file,
-            decryptor: Some(Decryptor::new(&key).with_expected_len(size)),
-            service: self,
-        };
-        Box::pin(futures::stream::unfold(pump, |mut p| async move {
-            loop {
-                let decryptor = p.decryptor.as_mut()?;
-                let mut buf = vec![0u8; READ_CHUNK];
-                let n = match p.file.read(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        p.decryptor = None;
-                        return Some((Err(e), p));
-                    }
-                };
-                let mut out = Vec::with_capacity(n + 16);
-                if n == 0 {
-                    let result = p.decryptor.take().map(|d| d.finish(&mut out));
-                    return match result {
-                        Some(Ok(())) => {
-                            p.service.apply(UnlockEvent::ArchiveStreamed);
-                            if out.is_empty() {
-                                None
-                            } else {
-                                Some((Ok(Bytes::from(out)), p))
-                            }
-                        }
-                        Some(Err(e)) => Some((
-                            Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                format!("the archive does not decrypt: {e}"),
-                            )),
-                            p,
-                        )),
-                        None => None,
-                    };
-                }
-                decryptor.update(&buf[..n], &mut out);
-                p.service.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
-                if !out.is_empty() {
-                    return Some((Ok(Bytes::from(out)), p));
-                }
-            }
-        }))
-        .boxed()
+            decryptor,
+            "the archive",
+            move |n| {
+                progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+            },
+            move || {
+                self.apply(UnlockEvent::ArchiveStreamed);
+            },
+        )
     }
 }
 
