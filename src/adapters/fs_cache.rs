@@ -1,10 +1,17 @@
 //! The local cache of big parts on the filesystem: one file per entry, a
-//! checksummed header then the bytes. It must never serve a byte before the
-//! whole entry passed its checksum, never expose a half-written entry, and
-//! never write outside its root.
+//! checksummed header, the bytes, then a checksum per block. It must never
+//! serve a block before it passed its checksum, never expose a half-written
+//! entry, and never write outside its root. Each byte is read once: a block
+//! is checked as it is read for serving (and the next one is read meanwhile),
+//! so a hit costs one pass over the disk, not a checking pass and a serving
+//! pass.
 //!
-//! Layout: `{root}/{folder}/{name}.big` = `CacheRecord` header
-//! (`RECORD_LEN` bytes) || big part. Writers fill
+//! Layout: `{root}/{folder}/{name}.big` = header (`RECORD_LEN` bytes) || big
+//! part || block table (see `domain::cache_record`). Opening an entry checks
+//! the header, the small part it belongs with, the file's length and the
+//! table; a damaged block is found when it is read, and the entry is then
+//! removed and the stream ends in an `InvalidData` error at that block's
+//! first byte, for the caller to pick the rest up elsewhere. Writers fill
 //! `{root}/{folder}/.{name}.big.tmp-<random>` and rename it into place once it
 //! is durable; a crash leaves only such temporary files, removed when the
 //! cache is next opened.
@@ -36,19 +43,21 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tempfile::NamedTempFile;
 
-use crate::domain::cache_record::{BigPartChecksum, CacheRecord, RECORD_LEN};
+use crate::domain::cache_record::{
+    CacheRecord, RECORD_LEN, RecordBuilder, RecordHeader, block_checksum, block_count, entry_len,
+};
 use crate::domain::names::{Folder, ResourceName};
 use crate::ports::{
     BigPartCache, ByteStream, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry,
     ObjectBody,
 };
 
-/// Reads of a cached big part (checking and serving) go in chunks this big: large
-/// enough that syscalls cost nothing next to AES, small enough that 64 concurrent
-/// downloads hold tens, not hundreds, of MiB.
-const READ_CHUNK: usize = 256 << 10;
 /// A writer gathers small incoming chunks up to this size before one write.
 const WRITE_BATCH: usize = 1 << 20;
+/// A writer makes what it wrote durable (`fdatasync`) every this many bytes,
+/// behind the stream, so that the sync before `commit`'s rename has little
+/// left to do and does not hold up the end of a download.
+const SYNC_EVERY: u64 = 64 << 20;
 const ENTRY_SUFFIX: &str = ".big";
 /// Marks a temporary file: `.{name}.big.tmp-<random>`.
 const TEMP_MARK: &str = ".big.tmp-";
@@ -479,6 +488,7 @@ enum Verdict {
     Intact {
         file: File,
         record: CacheRecord,
+        identity: (u64, u64),
     },
 }
 
@@ -529,91 +539,118 @@ fn inspect(
     if let Err(e) = file.read_exact(&mut header) {
         return damaged(identity, &format!("cannot read its header: {e}"));
     }
-    let Ok(record) = CacheRecord::decode(&header) else {
+    let Ok(header) = RecordHeader::decode(&header) else {
         return damaged(identity, "malformed header");
     };
-    if &record.small_digest != small_digest {
+    if &header.small_digest != small_digest {
         tracing::info!(file = %path.display(), "removing a cached big part of an older small part");
         remove_if_same(shared, key, path, identity, false)
             .map_err(|e| io_error("cannot remove the stale", path, &e))?;
         return Ok(Verdict::Stale);
     }
-    if Some(meta.len()) != record.big_len.checked_add(RECORD_LEN as u64) {
+    if Some(meta.len()) != header.entry_len() {
         return damaged(identity, "its length differs from its header");
     }
-
-    let mut checksum = BigPartChecksum::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => checksum.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return damaged(identity, &format!("cannot read it: {e}")),
-        }
+    // The table is small (8 bytes per MiB); read where it lies, leaving the
+    // file's position at the first byte of the big part.
+    let mut table = vec![0u8; usize::try_from(header.table_len()).unwrap_or(usize::MAX)];
+    if let Err(e) = file.read_exact_at(&mut table, RECORD_LEN as u64 + header.big_len) {
+        return damaged(identity, &format!("cannot read its block table: {e}"));
     }
-    if checksum.len() != record.big_len || checksum.finish() != record.checksum {
-        return damaged(identity, "checksum mismatch");
-    }
+    let Ok(record) = header.with_table(&table) else {
+        return damaged(identity, "header or block table fails its check");
+    };
     // Last use, for eviction. Best effort: a failure only makes eviction less fair.
     if let Err(e) = file.set_modified(SystemTime::now()) {
         tracing::debug!(file = %path.display(), error = %e, "cannot mark a cached big part as used");
     }
-    Ok(Verdict::Intact { file, record })
+    Ok(Verdict::Intact {
+        file,
+        record,
+        identity,
+    })
+}
+
+/// What the reads of one hit share with their blocking tasks.
+struct HitFile {
+    /// Positioned at the next block to read (blocks are read in order, one at a time).
+    file: File,
+    record: CacheRecord,
+    shared: Arc<Shared>,
+    key: EntryKey,
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+/// Reads block `index` (the file is positioned at it) and checks it; a
+/// damaged block removes the entry and is an `InvalidData` error.
+fn read_block(hit: &HitFile, index: u64) -> io::Result<Vec<u8>> {
+    let block_len = u64::from(hit.record.block_len);
+    let start = index * block_len;
+    let want = (hit.record.big_len - start).min(block_len);
+    // Read into fresh capacity: no zero-filling of a buffer about to be overwritten.
+    let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+    (&hit.file).take(want).read_to_end(&mut buf)?;
+    let reason = if buf.len() as u64 != want {
+        "it is shorter than its header says"
+    } else if hit.record.block(index) != Some(block_checksum(&buf)) {
+        "a block fails its checksum"
+    } else {
+        return Ok(buf);
+    };
+    tracing::warn!(file = %hit.path.display(), block = index, reason, "removing a damaged cached big part");
+    if let Err(e) = remove_if_same(&hit.shared, &hit.key, &hit.path, hit.identity, false) {
+        tracing::warn!(file = %hit.path.display(), error = %e, "cannot remove a damaged cached big part");
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the cached big part is damaged from byte {start} on"),
+    ))
 }
 
 /// State of a hit's byte stream.
 struct Body {
-    file: Arc<File>,
-    offset: u64,
-    end: u64,
-    expected: u128,
-    checksum: BigPartChecksum,
+    hit: Arc<HitFile>,
+    /// Index of the next block to start reading.
+    next: u64,
+    blocks: u64,
+    /// The read of the block after the one being served.
+    ahead: Option<tokio::task::JoinHandle<io::Result<Vec<u8>>>>,
     done: bool,
     _reader: ReaderGuard,
 }
 
-/// Streams the data region of a checked entry from its open file, checking
-/// it again on the way (the file cannot change under the cache's own
-/// writers, but a disk or a hand can).
-fn body_stream(file: File, record: CacheRecord, reader: ReaderGuard) -> ByteStream {
-    let body = Body {
-        file: Arc::new(file),
-        offset: RECORD_LEN as u64,
-        end: RECORD_LEN as u64 + record.big_len,
-        expected: record.checksum,
-        checksum: BigPartChecksum::new(),
+impl Body {
+    fn start_next(&mut self) {
+        if self.next < self.blocks {
+            let (hit, index) = (self.hit.clone(), self.next);
+            self.next += 1;
+            self.ahead = Some(tokio::task::spawn_blocking(move || read_block(&hit, index)));
+        }
+    }
+}
+
+/// Streams the big part of a checked entry block by block, each checked just
+/// before it is handed out, with the next block's read already under way.
+fn body_stream(hit: HitFile, reader: ReaderGuard) -> ByteStream {
+    let blocks = block_count(hit.record.big_len, hit.record.block_len);
+    let mut body = Body {
+        hit: Arc::new(hit),
+        next: 0,
+        blocks,
+        ahead: None,
         done: false,
         _reader: reader,
     };
+    body.start_next();
     Box::pin(futures::stream::unfold(body, |mut body| async move {
         if body.done {
             return None;
         }
-        if body.offset >= body.end {
-            body.done = true;
-            if body.checksum.finish() != body.expected {
-                let e = io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the cached big part changed while it was read",
-                );
-                return Some((Err(e), body));
-            }
-            return None;
-        }
-        let want =
-            usize::try_from(body.end - body.offset).map_or(READ_CHUNK, |left| left.min(READ_CHUNK));
-        let file = body.file.clone();
-        let offset = body.offset;
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; want];
-            file.read_exact_at(&mut buf, offset).map(|()| buf)
-        })
-        .await;
-        match read {
+        let read = body.ahead.take()?;
+        match read.await {
             Ok(Ok(buf)) => {
-                body.offset += want as u64;
-                body.checksum.update(&buf);
+                body.start_next();
                 Some((Ok(Bytes::from(buf)), body))
             }
             Ok(Err(e)) => {
@@ -644,24 +681,41 @@ impl BigPartCache for FsBigPartCache {
         let folder_dir = shared.folder_dir(folder);
         let path = shared.entry_path(folder, name);
         let digest = *small_digest;
-        let verdict = blocking(move || {
-            for _ in 0..INSPECT_ATTEMPTS {
-                match inspect(&shared, &key, &folder_dir, &path, &digest)? {
-                    Verdict::Replaced => continue,
-                    verdict => return Ok(verdict),
+        let verdict = {
+            let (shared, key, path) = (shared.clone(), key.clone(), path.clone());
+            blocking(move || {
+                for _ in 0..INSPECT_ATTEMPTS {
+                    match inspect(&shared, &key, &folder_dir, &path, &digest)? {
+                        Verdict::Replaced => continue,
+                        verdict => return Ok(verdict),
+                    }
                 }
-            }
-            Ok(Verdict::Miss)
-        })
-        .await?;
+                Ok(Verdict::Miss)
+            })
+            .await?
+        };
         Ok(match verdict {
             Verdict::Miss | Verdict::Replaced => CacheLookup::Miss,
             Verdict::Stale => CacheLookup::Stale,
             Verdict::Damaged => CacheLookup::Damaged,
-            Verdict::Intact { file, record } => CacheLookup::Hit(ObjectBody {
+            Verdict::Intact {
+                file,
+                record,
+                identity,
+            } => CacheLookup::Hit(ObjectBody {
                 len: record.big_len,
                 version: None,
-                stream: body_stream(file, record, reader),
+                stream: body_stream(
+                    HitFile {
+                        file,
+                        record,
+                        shared,
+                        key,
+                        path,
+                        identity,
+                    },
+                    reader,
+                ),
             }),
         })
     }
@@ -694,11 +748,13 @@ impl BigPartCache for FsBigPartCache {
             shared: self.shared.clone(),
             key: entry_key(folder, name),
             final_path: self.shared.entry_path(folder, name),
-            small_digest: *small_digest,
+            temp_path: temp.path().to_path_buf(),
             temp: Some(temp),
+            in_flight: None,
+            unsynced: 0,
             pending: Vec::new(),
             pending_len: 0,
-            checksum: BigPartChecksum::new(),
+            record: RecordBuilder::new(*small_digest),
             oversized: false,
         }))
     }
@@ -749,12 +805,16 @@ struct FsCacheWriter {
     shared: Arc<Shared>,
     key: EntryKey,
     final_path: PathBuf,
-    small_digest: [u8; 32],
-    /// `None` once discarded (oversized) or after a failed write.
+    temp_path: PathBuf,
+    /// `None` while a write is in flight, once discarded (oversized) or after a failed write.
     temp: Option<NamedTempFile>,
+    /// The batch being written behind the stream; it hands the file back.
+    in_flight: Option<tokio::task::JoinHandle<Result<NamedTempFile, CacheError>>>,
+    /// Bytes written since the last `fdatasync`.
+    unsynced: u64,
     pending: Vec<Bytes>,
     pending_len: usize,
-    checksum: BigPartChecksum,
+    record: RecordBuilder,
     /// Outgrew the size limit: counted from then on, never stored.
     oversized: bool,
 }
@@ -764,23 +824,41 @@ impl FsCacheWriter {
         CacheError::Io("an earlier write to this cache entry failed".to_owned())
     }
 
+    /// Waits for the write in flight, if any, and takes the file back.
+    async fn settle(&mut self) -> Result<(), CacheError> {
+        if let Some(write) = self.in_flight.take() {
+            self.temp = Some(write.await.map_err(join_error)??);
+        }
+        Ok(())
+    }
+
+    /// Starts writing the gathered chunks (after the previous batch is done)
+    /// and returns without waiting for them.
     async fn flush(&mut self) -> Result<(), CacheError> {
+        self.settle().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
         let mut temp = self.temp.take().ok_or_else(Self::broken)?;
         let chunks = std::mem::take(&mut self.pending);
-        self.pending_len = 0;
+        self.unsynced += std::mem::take(&mut self.pending_len) as u64;
+        let sync = self.unsynced >= SYNC_EVERY;
+        if sync {
+            self.unsynced = 0;
+        }
         // On failure the temporary file is dropped (deleted) with the closure.
-        let temp = blocking(move || {
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
             for chunk in &chunks {
                 temp.write_all(chunk)
                     .map_err(|e| io_error("cannot write", temp.path(), &e))?;
             }
+            if sync {
+                temp.as_file()
+                    .sync_data()
+                    .map_err(|e| io_error("cannot flush", temp.path(), &e))?;
+            }
             Ok(temp)
-        })
-        .await?;
-        self.temp = Some(temp);
+        }));
         Ok(())
     }
 }
@@ -788,19 +866,20 @@ impl FsCacheWriter {
 #[async_trait]
 impl CacheWriter for FsCacheWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), CacheError> {
-        self.checksum.update(&chunk);
+        self.record.update(&chunk);
         if self.oversized {
             return Ok(());
         }
-        if self.temp.is_none() {
+        if self.temp.is_none() && self.in_flight.is_none() {
             return Err(Self::broken());
         }
         if let Some(limit) = self.shared.max_bytes
-            && RECORD_LEN as u64 + self.checksum.len() > limit
+            && entry_len(self.record.len()) > limit
         {
             self.oversized = true;
             self.pending.clear();
             self.pending_len = 0;
+            self.settle().await?;
             if let Some(temp) = self.temp.take() {
                 blocking(move || {
                     temp.close()
@@ -826,19 +905,16 @@ impl CacheWriter for FsCacheWriter {
             tracing::warn!(
                 folder = %self.key.0,
                 name = %self.key.1,
-                bytes = self.checksum.len(),
+                bytes = self.record.len(),
                 limit = ?self.shared.max_bytes,
                 "not caching a big part larger than the cache's size limit"
             );
             return Ok(());
         }
         self.flush().await?;
+        self.settle().await?;
         let temp = self.temp.take().ok_or_else(Self::broken)?;
-        let record = CacheRecord {
-            small_digest: self.small_digest,
-            big_len: self.checksum.len(),
-            checksum: self.checksum.finish(),
-        };
+        let record = std::mem::replace(&mut self.record, RecordBuilder::new([0; 32])).finish();
         let shared = self.shared.clone();
         let key = self.key.clone();
         let final_path = self.final_path.clone();
@@ -856,7 +932,8 @@ fn finish_entry(
     final_path: &Path,
 ) -> Result<(), CacheError> {
     let file = temp.as_file();
-    file.write_all_at(&record.encode(), 0)
+    file.write_all_at(&record.encode_table(), RECORD_LEN as u64 + record.big_len)
+        .and_then(|()| file.write_all_at(&record.encode_header(), 0))
         .map_err(|e| io_error("cannot write", temp.path(), &e))?;
     // First use, for eviction (explicit, so every entry's time has the same precision).
     if let Err(e) = file.set_modified(SystemTime::now()) {
@@ -892,12 +969,21 @@ impl Drop for FsCacheWriter {
                 tracing::debug!(file = %path.display(), error = %e, "cannot delete a temporary cache file");
             }
         }
+        // A write still in flight holds the file: unlink it now (its random name
+        // is nobody else's); the write finishes into the unlinked file.
+        if self.in_flight.take().is_some()
+            && let Err(e) = fs::remove_file(&self.temp_path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::debug!(file = %self.temp_path.display(), error = %e, "cannot delete a temporary cache file");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::cache_record::BLOCK_LEN;
     use futures::StreamExt;
     use std::time::Duration;
 
@@ -978,19 +1064,20 @@ mod tests {
     async fn a_committed_entry_is_a_hit_with_the_exact_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let cache = new_cache(&dir, None);
-        let bytes = data(3 * READ_CHUNK + 12_345, 7);
+        let bytes = data(3 * BLOCK_LEN as usize + 12_345, 7);
         put(&cache, "models", "model.onnx", [1; 32], &bytes).await;
 
         assert_eq!(hit(&cache, "models", "model.onnx", [1; 32]).await, bytes);
         let usage = cache.usage().await.unwrap();
         assert_eq!(usage.entries, 1);
-        assert_eq!(usage.bytes, bytes.len() as u64 + RECORD_LEN as u64);
+        let on_disk = RECORD_LEN as u64 + bytes.len() as u64 + 4 * 8;
+        assert_eq!(usage.bytes, on_disk);
         assert_eq!(
             cache.entries().await.unwrap(),
             vec![CachedEntry {
                 folder: "models".into(),
                 name: "model.onnx".into(),
-                bytes: bytes.len() as u64 + RECORD_LEN as u64,
+                bytes: on_disk,
             }]
         );
         assert_eq!(
@@ -1071,9 +1158,10 @@ mod tests {
         let mut header = CacheRecord {
             small_digest: [1; 32],
             big_len: 4,
-            checksum: 0,
+            block_len: BLOCK_LEN,
+            blocks: vec![0],
         }
-        .encode()
+        .encode_header()
         .to_vec();
         header.extend_from_slice(b"half");
         fs::write(&crashed, &header).unwrap();
@@ -1103,17 +1191,66 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_entry_with_a_flipped_byte_is_damaged_and_removed() {
+    async fn a_flipped_byte_in_the_header_or_block_table_is_damaged_at_open_and_removed() {
         let dir = tempfile::tempdir().unwrap();
         let cache = new_cache(&dir, None);
-        put(&cache, "models", "m", [1; 32], &data(100_000, 1)).await;
+        let path = cache.root().join("models/m.big");
+        let big = data(BLOCK_LEN as usize + 100_000, 1);
+        // In the length, the block size, the check, and the last block's table entry.
+        for at in [44, 50, 60, RECORD_LEN + big.len() + 9] {
+            put(&cache, "models", "m", [1; 32], &big).await;
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[at] ^= 0x10;
+            fs::write(&path, &bytes).unwrap();
+
+            assert_eq!(
+                lookup(&cache, "models", "m", [1; 32]).await,
+                "damaged",
+                "byte {at}"
+            );
+            assert!(files_in(&cache.root().join("models")).is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_block_is_never_served_ends_the_stream_and_removes_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        let block = BLOCK_LEN as usize;
+        let big = data(3 * block + 54_321, 1);
+        put(&cache, "models", "m", [1; 32], &big).await;
         let path = cache.root().join("models/m.big");
         let mut bytes = fs::read(&path).unwrap();
-        bytes[RECORD_LEN + 54_321] ^= 0x10;
+        bytes[RECORD_LEN + 2 * block + 10] ^= 0x10;
         fs::write(&path, &bytes).unwrap();
 
-        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "damaged");
+        let CacheLookup::Hit(body) = cache
+            .open(&folder("models"), &name("m"), &[1; 32])
+            .await
+            .unwrap()
+        else {
+            panic!("the header and table are intact: a hit");
+        };
+        let mut stream = body.stream;
+        let mut served = Vec::new();
+        let err = loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => served.extend_from_slice(&chunk),
+                Some(Err(e)) => break e,
+                None => panic!("a damaged block must end the stream in an error"),
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .contains(&format!("from byte {}", 2 * block)),
+            "{err}"
+        );
+        // Exactly the intact blocks before it, and nothing of the damaged one.
+        assert_eq!(served, big[..2 * block]);
+        assert!(stream.next().await.is_none());
         assert!(files_in(&cache.root().join("models")).is_empty());
+        assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "miss");
     }
 
     #[tokio::test]
@@ -1171,9 +1308,10 @@ mod tests {
         let header = CacheRecord {
             small_digest: [1; 32],
             big_len: 0,
-            checksum: BigPartChecksum::new().finish(),
+            block_len: BLOCK_LEN,
+            blocks: vec![],
         };
-        fs::write(outside.join("m.big"), header.encode()).unwrap();
+        fs::write(outside.join("m.big"), header.encode_header()).unwrap();
         std::os::unix::fs::symlink(&outside, cache.root().join("models")).unwrap();
 
         assert_eq!(lookup(&cache, "models", "m", [1; 32]).await, "miss");
@@ -1204,7 +1342,7 @@ mod tests {
     #[tokio::test]
     async fn eviction_keeps_the_most_recently_used_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = 1000 + RECORD_LEN as u64;
+        let entry = entry_len(1000);
         let cache = new_cache(&dir, Some(2 * entry));
         put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1232,7 +1370,7 @@ mod tests {
     #[tokio::test]
     async fn eviction_never_takes_an_entry_being_read() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = 1000 + RECORD_LEN as u64;
+        let entry = entry_len(1000);
         let cache = new_cache(&dir, Some(2 * entry));
         put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1271,7 +1409,7 @@ mod tests {
     #[tokio::test]
     async fn an_entry_that_fits_only_beside_entries_being_read_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = 1000 + RECORD_LEN as u64;
+        let entry = entry_len(1000);
         let cache = new_cache(&dir, Some(entry));
         put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
         let CacheLookup::Hit(reading) = cache
@@ -1348,7 +1486,7 @@ mod tests {
 
         assert_eq!(files_in(&cache.root().join("models")), vec!["m.big"]);
         let header = fs::read(cache.root().join("models/m.big")).unwrap();
-        let record = CacheRecord::decode(&header[..RECORD_LEN]).unwrap();
+        let record = RecordHeader::decode(&header[..RECORD_LEN]).unwrap();
         let expected = if record.small_digest == [1; 32] {
             &first
         } else {

@@ -20,6 +20,9 @@ use crate::ports::{BigPartCache, ByteStream, CacheLookup, CacheWriter, ObjectSto
 
 /// How often a CDN read cut mid-object is resumed from where it stopped.
 const RESUME_ATTEMPTS: u32 = 3;
+/// Plaintext chunks made ahead of the client: while one is sent, the next is
+/// read, checked and decrypted on another thread.
+const PREFETCH: usize = 1;
 /// Once this much ciphertext is known, the small part is exactly `SMALL_PART_MAX` bytes.
 const SPLIT_KNOWN_AT: usize = (SMALL_PART_MAX as usize * 10).div_ceil(3);
 
@@ -118,10 +121,20 @@ impl ResourceService {
         );
         let digest = small_part_digest(&small);
 
+        let key = name.big_part_key();
         match self.cache.open(folder, name, &digest).await {
             Ok(CacheLookup::Hit(body)) => {
                 tracing::debug!(%folder, %name, "big part from the cache");
                 let total = small.len() as u64 + body.len;
+                // A block found damaged mid-way (the cache checks each one just
+                // before it is served) is picked up from the CDN at that byte.
+                let resume = Resume {
+                    store: session.store.clone(),
+                    bucket: folder.clone(),
+                    key,
+                    big_len: body.len,
+                    version: None,
+                };
                 return Ok(Download {
                     source: BigPartSource::Cache,
                     ciphertext_len: total,
@@ -131,7 +144,7 @@ impl ResourceService {
                         body.stream,
                         total,
                         None,
-                        None,
+                        Some(resume),
                     ),
                 });
             }
@@ -147,7 +160,6 @@ impl ResourceService {
             }
         }
 
-        let key = name.big_part_key();
         let body = session
             .store
             .get(folder, &key, 0)
@@ -325,96 +337,128 @@ fn decrypting_stream(
         attempts: 0,
         done: false,
     };
-    Box::pin(futures::stream::unfold(pump, |mut p| async move {
-        if p.done {
-            return None;
-        }
-        loop {
-            let decryptor = p.decryptor.as_mut()?;
-            if let Some(small) = p.small.take() {
-                let mut out = Vec::with_capacity(small.len());
-                decryptor.update(&small, &mut out);
-                if out.is_empty() {
-                    continue;
-                }
-                return Some((Ok(Bytes::from(out)), p));
+    prefetch(Box::pin(futures::stream::unfold(
+        pump,
+        |mut p| async move {
+            if p.done {
+                return None;
             }
-            match p.source.next().await {
-                Some(Ok(chunk)) => {
-                    p.big_received += chunk.len() as u64;
-                    let mut out = Vec::with_capacity(chunk.len() + 16);
-                    decryptor.update(&chunk, &mut out);
-                    if let Some(writer) = p.writer.as_mut()
-                        && let Err(e) = writer.write(chunk).await
-                    {
-                        tracing::warn!("stopped caching this big part: {e}");
-                        p.writer = None;
-                    }
+            loop {
+                let decryptor = p.decryptor.as_mut()?;
+                if let Some(small) = p.small.take() {
+                    let mut out = Vec::with_capacity(small.len());
+                    decryptor.update(&small, &mut out);
                     if out.is_empty() {
                         continue;
                     }
                     return Some((Ok(Bytes::from(out)), p));
                 }
-                Some(Err(e)) => {
-                    if let Some(r) = p.resume.as_ref()
-                        && p.attempts < RESUME_ATTEMPTS
-                        && p.big_received < r.big_len
-                    {
-                        p.attempts += 1;
-                        tracing::warn!(key = %r.key, at = p.big_received, "CDN read cut ({e}); resuming");
-                        match r
-                            .store
-                            .get_version(&r.bucket, &r.key, p.big_received, r.version.as_deref())
-                            .await
+                match p.source.next().await {
+                    Some(Ok(chunk)) => {
+                        p.big_received += chunk.len() as u64;
+                        let mut out = Vec::with_capacity(chunk.len() + 16);
+                        decryptor.update(&chunk, &mut out);
+                        if let Some(writer) = p.writer.as_mut()
+                            && let Err(e) = writer.write(chunk).await
                         {
-                            Ok(body) if body.len == r.big_len - p.big_received => {
-                                p.source = body.stream;
-                                continue;
-                            }
-                            Ok(_) => {
-                                p.done = true;
-                                return Some((
-                                    Err(invalid("the CDN object changed during the download")),
-                                    p,
-                                ));
-                            }
-                            Err(again) => {
-                                p.done = true;
-                                return Some((
-                                    Err(io::Error::other(format!("CDN read failed: {again}"))),
-                                    p,
-                                ));
-                            }
+                            tracing::warn!("stopped caching this big part: {e}");
+                            p.writer = None;
                         }
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Some((Ok(Bytes::from(out)), p));
                     }
-                    p.done = true;
-                    return Some((Err(e), p));
-                }
-                None => {
-                    p.done = true;
-                    let mut out = Vec::with_capacity(16);
-                    let finished = p.decryptor.take().map(|d| d.finish(&mut out));
-                    match finished {
-                        Some(Ok(())) => {
-                            if let Some(writer) = p.writer.take()
-                                && let Err(e) = writer.commit().await
+                    Some(Err(e)) => {
+                        if let Some(r) = p.resume.as_ref()
+                            && p.attempts < RESUME_ATTEMPTS
+                            && p.big_received < r.big_len
+                        {
+                            p.attempts += 1;
+                            tracing::warn!(key = %r.key, at = p.big_received, "big part read cut ({e}); resuming from the CDN");
+                            match r
+                                .store
+                                .get_version(
+                                    &r.bucket,
+                                    &r.key,
+                                    p.big_received,
+                                    r.version.as_deref(),
+                                )
+                                .await
                             {
-                                tracing::warn!("big part not cached: {e}");
+                                Ok(body) if body.len == r.big_len - p.big_received => {
+                                    p.source = body.stream;
+                                    continue;
+                                }
+                                Ok(_) => {
+                                    p.done = true;
+                                    return Some((
+                                        Err(invalid("the CDN object changed during the download")),
+                                        p,
+                                    ));
+                                }
+                                Err(again) => {
+                                    p.done = true;
+                                    return Some((
+                                        Err(io::Error::other(format!("CDN read failed: {again}"))),
+                                        p,
+                                    ));
+                                }
                             }
-                            if out.is_empty() {
-                                return None;
+                        }
+                        p.done = true;
+                        return Some((Err(e), p));
+                    }
+                    None => {
+                        p.done = true;
+                        let mut out = Vec::with_capacity(16);
+                        let finished = p.decryptor.take().map(|d| d.finish(&mut out));
+                        match finished {
+                            Some(Ok(())) => {
+                                if let Some(writer) = p.writer.take()
+                                    && let Err(e) = writer.commit().await
+                                {
+                                    tracing::warn!("big part not cached: {e}");
+                                }
+                                if out.is_empty() {
+                                    return None;
+                                }
+                                return Some((Ok(Bytes::from(out)), p));
                             }
-                            return Some((Ok(Bytes::from(out)), p));
+                            Some(Err(e)) => {
+                                tracing::error!("resource does not decrypt: {e}");
+                                return Some((Err(invalid(e)), p));
+                            }
+                            None => return None,
                         }
-                        Some(Err(e)) => {
-                            tracing::error!("resource does not decrypt: {e}");
-                            return Some((Err(invalid(e)), p));
-                        }
-                        None => return None,
                     }
                 }
             }
+        },
+    )))
+}
+
+/// Runs `stream` in a task of its own, `PREFETCH` items ahead of the reader,
+/// so producing the next item overlaps handing out this one. The task stops
+/// as soon as the reader is dropped (a client that hung up), dropping the
+/// stream and whatever it holds.
+fn prefetch(mut stream: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(PREFETCH);
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                () = tx.closed() => return,
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { return };
+            let last = item.is_err();
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
         }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
     }))
 }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::support::{FOLDER, TestApp, pattern};
 use azaion_loader::adapters::fakes::FakeRoute;
-use azaion_loader::domain::cache_record::small_part_digest;
+use azaion_loader::domain::cache_record::{BLOCK_LEN, small_part_digest};
 use azaion_loader::ports::{ApiError, Clock, StoreError};
 
 #[tokio::test]
@@ -99,13 +99,39 @@ async fn a_damaged_cached_big_part_is_never_served_and_is_replaced_from_the_cdn(
     let plain = pattern(40_000, 5);
     let (_, big) = app.seed(FOLDER, "m.bin", &plain);
     app.load("m.bin", FOLDER).await.bytes().await.unwrap();
-    app.cache.damage(FOLDER, "m.bin");
-    assert_ne!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
+    app.cache.damage_record(FOLDER, "m.bin");
     let r = app.load("m.bin", FOLDER).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
     assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
     assert_eq!(app.store.gets().len(), 2);
+}
+
+#[tokio::test]
+async fn a_damaged_cached_block_is_never_served_and_the_rest_comes_from_the_cdn() {
+    let app = TestApp::logged_in().await;
+    let block = BLOCK_LEN as usize;
+    let plain = pattern(2 * block + block / 2, 6);
+    let (_, big) = app.seed(FOLDER, "m.bin", &plain);
+    app.load("m.bin", FOLDER).await.bytes().await.unwrap();
+    // The last byte: in the third block; the first two are served from the cache.
+    app.cache.damage(FOLDER, "m.bin");
+    assert_ne!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
+
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    let gets = app.store.gets();
+    assert_eq!(gets.len(), 2);
+    assert_eq!(gets[1], ("m.bin.big".to_owned(), 2 * BLOCK_LEN as u64));
+    // The damaged entry is gone; the next load fetches and caches it whole.
+    assert!(!app.cache.contains(FOLDER, "m.bin"));
+    assert_eq!(
+        app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(),
+        plain
+    );
+    assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
+    assert_eq!(app.store.gets().len(), 3);
 }
 
 #[tokio::test]

@@ -131,7 +131,7 @@ async fn stale_and_damaged_cache_entries_are_counted_apart_from_misses() {
     let app = TestApp::logged_in().await;
     app.seed(FOLDER, "m.bin", &pattern(20_000, 1));
     load_ok(&app, "m.bin").await;
-    app.cache.damage(FOLDER, "m.bin");
+    app.cache.damage_record(FOLDER, "m.bin");
     load_ok(&app, "m.bin").await;
     // A re-upload elsewhere: the cached big part now belongs to an older small part.
     app.seed(FOLDER, "m.bin", &pattern(20_000, 2));

@@ -1,14 +1,16 @@
-//! An in-memory big-part cache that checks records and checksums the way a
-//! real one must, with hooks to damage entries and to make writes fail.
+//! An in-memory big-part cache that checks records and block checksums the
+//! way a real one must (a damaged record at open, a damaged block when the
+//! stream reaches it), with hooks to damage entries and to make writes fail.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 
 use super::lock;
-use crate::domain::cache_record::{BigPartChecksum, CacheRecord};
+use crate::domain::cache_record::{CacheRecord, RecordBuilder, block_checksum};
 use crate::domain::names::{Folder, ResourceName};
 use crate::ports::{
     BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, ObjectBody,
@@ -18,7 +20,8 @@ type Key = (String, String);
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<Key, (CacheRecord, Bytes)>,
+    /// The record, its bytes, and whether the record itself is damaged.
+    entries: HashMap<Key, (CacheRecord, Bytes, bool)>,
     fail_writes: bool,
     commits: usize,
 }
@@ -47,13 +50,22 @@ impl FakeCache {
         lock(&self.state)
             .entries
             .get(&(folder.to_owned(), name.to_owned()))
-            .map(|(_, d)| d.clone())
+            .map(|(_, d, _)| d.clone())
     }
 
-    /// Flips one bit of the stored bytes, as a failing disk would.
+    /// Damages the entry's record (header or block table): found when it is opened.
+    pub fn damage_record(&self, folder: &str, name: &str) {
+        let mut s = lock(&self.state);
+        if let Some((_, _, damaged)) = s.entries.get_mut(&(folder.to_owned(), name.to_owned())) {
+            *damaged = true;
+        }
+    }
+
+    /// Flips one bit of the last stored byte, as a failing disk would: found
+    /// when the stream reaches the last block.
     pub fn damage(&self, folder: &str, name: &str) {
         let mut s = lock(&self.state);
-        if let Some((_, data)) = s.entries.get_mut(&(folder.to_owned(), name.to_owned())) {
+        if let Some((_, data, _)) = s.entries.get_mut(&(folder.to_owned(), name.to_owned())) {
             let mut bytes = data.to_vec();
             if let Some(b) = bytes.last_mut() {
                 *b ^= 1;
@@ -64,16 +76,12 @@ impl FakeCache {
 
     /// Stores an entry for an older small part (as left by a previous upload).
     pub fn insert_raw(&self, folder: &str, name: &str, small_digest: [u8; 32], data: Bytes) {
-        let mut sum = BigPartChecksum::new();
-        sum.update(&data);
-        let record = CacheRecord {
-            small_digest,
-            big_len: data.len() as u64,
-            checksum: sum.finish(),
-        };
-        lock(&self.state)
-            .entries
-            .insert((folder.to_owned(), name.to_owned()), (record, data));
+        let mut record = RecordBuilder::new(small_digest);
+        record.update(&data);
+        lock(&self.state).entries.insert(
+            (folder.to_owned(), name.to_owned()),
+            (record.finish(), data, false),
+        );
     }
 
     /// Forgets every entry (to force the next download through the CDN).
@@ -101,28 +109,44 @@ impl BigPartCache for FakeCache {
     ) -> Result<CacheLookup, CacheError> {
         let mut s = lock(&self.state);
         let k = key(folder, name);
-        let Some((record, data)) = s.entries.get(&k).cloned() else {
+        let Some((record, data, record_damaged)) = s.entries.get(&k).cloned() else {
             return Ok(CacheLookup::Miss);
         };
         if &record.small_digest != small_digest {
             s.entries.remove(&k);
             return Ok(CacheLookup::Stale);
         }
-        let mut sum = BigPartChecksum::new();
-        sum.update(&data);
-        if sum.len() != record.big_len || sum.finish() != record.checksum {
+        if record_damaged || record.big_len != data.len() as u64 {
             s.entries.remove(&k);
             return Ok(CacheLookup::Damaged);
         }
-        let len = data.len() as u64;
-        let pieces: Vec<std::io::Result<Bytes>> = data
-            .chunks(48 * 1024)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
+        // Intact blocks in pieces of 48 KiB, up to the first damaged block.
+        let mut pieces: Vec<std::io::Result<Bytes>> = Vec::new();
+        let mut damaged_at = None;
+        for (index, block) in data.chunks(record.block_len as usize).enumerate() {
+            if record.block(index as u64) != Some(block_checksum(block)) {
+                damaged_at = Some(index as u64 * u64::from(record.block_len));
+                break;
+            }
+            pieces.extend(
+                block
+                    .chunks(48 * 1024)
+                    .map(|c| Ok(Bytes::copy_from_slice(c))),
+            );
+        }
+        let state = self.state.clone();
+        let tail = futures::stream::iter(damaged_at).map(move |at| {
+            // The real cache removes the entry when it finds the damage.
+            lock(&state).entries.remove(&k);
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("fake: the cached big part is damaged from byte {at} on"),
+            ))
+        });
         Ok(CacheLookup::Hit(ObjectBody {
-            len,
+            len: data.len() as u64,
             version: None,
-            stream: Box::pin(futures::stream::iter(pieces)),
+            stream: Box::pin(futures::stream::iter(pieces).chain(tail)),
         }))
     }
 
@@ -138,9 +162,8 @@ impl BigPartCache for FakeCache {
         Ok(Box::new(FakeCacheWriter {
             cache: self.state.clone(),
             key: key(folder, name),
-            small_digest: *small_digest,
             data: BytesMut::new(),
-            sum: BigPartChecksum::new(),
+            record: RecordBuilder::new(*small_digest),
         }))
     }
 
@@ -152,7 +175,7 @@ impl BigPartCache for FakeCache {
     async fn usage(&self) -> Result<CacheUsage, CacheError> {
         let s = lock(&self.state);
         Ok(CacheUsage {
-            bytes: s.entries.values().map(|(r, _)| r.big_len).sum(),
+            bytes: s.entries.values().map(|(r, _, _)| r.big_len).sum(),
             entries: s.entries.len() as u64,
             limit: None,
         })
@@ -163,7 +186,7 @@ impl BigPartCache for FakeCache {
         let mut list: Vec<CachedEntry> = s
             .entries
             .iter()
-            .map(|((folder, name), (r, _))| CachedEntry {
+            .map(|((folder, name), (r, _, _))| CachedEntry {
                 folder: folder.clone(),
                 name: name.clone(),
                 bytes: r.big_len,
@@ -177,9 +200,8 @@ impl BigPartCache for FakeCache {
 struct FakeCacheWriter {
     cache: Arc<Mutex<State>>,
     key: Key,
-    small_digest: [u8; 32],
     data: BytesMut,
-    sum: BigPartChecksum,
+    record: RecordBuilder,
 }
 
 #[async_trait]
@@ -188,20 +210,16 @@ impl CacheWriter for FakeCacheWriter {
         if lock(&self.cache).fail_writes {
             return Err(CacheError::Io("fake: disk full".into()));
         }
-        self.sum.update(&chunk);
+        self.record.update(&chunk);
         self.data.extend_from_slice(&chunk);
         Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<(), CacheError> {
-        let record = CacheRecord {
-            small_digest: self.small_digest,
-            big_len: self.sum.len(),
-            checksum: self.sum.finish(),
-        };
+        let record = self.record.finish();
         let mut s = lock(&self.cache);
         s.entries
-            .insert(self.key.clone(), (record, self.data.clone().freeze()));
+            .insert(self.key, (record, self.data.freeze(), false));
         s.commits += 1;
         Ok(())
     }
