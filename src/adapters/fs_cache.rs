@@ -54,9 +54,10 @@ use crate::ports::{
 
 /// A writer gathers small incoming chunks up to this size before one write.
 const WRITE_BATCH: usize = 1 << 20;
-/// A writer makes what it wrote durable (`fdatasync`) every this many bytes,
-/// behind the stream, so that the sync before `commit`'s rename has little
-/// left to do and does not hold up the end of a download.
+/// A writer starts making what it wrote durable (`fdatasync` on a blocking
+/// thread, never waited for by the stream) every this many bytes, so that the
+/// sync before `commit`'s rename has little left to do and does not hold up
+/// the end of a download.
 const SYNC_EVERY: u64 = 64 << 20;
 const ENTRY_SUFFIX: &str = ".big";
 /// Marks a temporary file: `.{name}.big.tmp-<random>`.
@@ -551,7 +552,7 @@ fn inspect(
     if Some(meta.len()) != header.entry_len() {
         return damaged(identity, "its length differs from its header");
     }
-    // The table is small (8 bytes per MiB); read where it lies, leaving the
+    // The table is small (32 KiB per GiB); read where it lies, leaving the
     // file's position at the first byte of the big part.
     let mut table = vec![0u8; usize::try_from(header.table_len()).unwrap_or(usize::MAX)];
     if let Err(e) = file.read_exact_at(&mut table, RECORD_LEN as u64 + header.big_len) {
@@ -752,6 +753,7 @@ impl BigPartCache for FsBigPartCache {
             temp: Some(temp),
             in_flight: None,
             unsynced: 0,
+            syncing: None,
             pending: Vec::new(),
             pending_len: 0,
             record: RecordBuilder::new(*small_digest),
@@ -810,8 +812,10 @@ struct FsCacheWriter {
     temp: Option<NamedTempFile>,
     /// The batch being written behind the stream; it hands the file back.
     in_flight: Option<tokio::task::JoinHandle<Result<NamedTempFile, CacheError>>>,
-    /// Bytes written since the last `fdatasync`.
+    /// Bytes written since the last `fdatasync` started.
     unsynced: u64,
+    /// The `fdatasync` running behind the writes, if any.
+    syncing: Option<tokio::task::JoinHandle<Result<(), CacheError>>>,
     pending: Vec<Bytes>,
     pending_len: usize,
     record: RecordBuilder,
@@ -832,6 +836,14 @@ impl FsCacheWriter {
         Ok(())
     }
 
+    /// Waits for the background `fdatasync`, if any, and reports its failure.
+    async fn settle_sync(&mut self) -> Result<(), CacheError> {
+        if let Some(sync) = self.syncing.take() {
+            sync.await.map_err(join_error)??;
+        }
+        Ok(())
+    }
+
     /// Starts writing the gathered chunks (after the previous batch is done)
     /// and returns without waiting for them.
     async fn flush(&mut self) -> Result<(), CacheError> {
@@ -840,22 +852,28 @@ impl FsCacheWriter {
             return Ok(());
         }
         let mut temp = self.temp.take().ok_or_else(Self::broken)?;
+        // Everything before this batch is written: start making it durable,
+        // unless the previous sync is still at work.
+        if self.unsynced >= SYNC_EVERY && self.syncing.as_ref().is_none_or(|s| s.is_finished()) {
+            self.settle_sync().await?;
+            self.unsynced = 0;
+            let path = temp.path().to_path_buf();
+            let file = temp
+                .as_file()
+                .try_clone()
+                .map_err(|e| io_error("cannot reopen", &path, &e))?;
+            self.syncing = Some(tokio::task::spawn_blocking(move || {
+                file.sync_data()
+                    .map_err(|e| io_error("cannot flush", &path, &e))
+            }));
+        }
         let chunks = std::mem::take(&mut self.pending);
         self.unsynced += std::mem::take(&mut self.pending_len) as u64;
-        let sync = self.unsynced >= SYNC_EVERY;
-        if sync {
-            self.unsynced = 0;
-        }
         // On failure the temporary file is dropped (deleted) with the closure.
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             for chunk in &chunks {
                 temp.write_all(chunk)
                     .map_err(|e| io_error("cannot write", temp.path(), &e))?;
-            }
-            if sync {
-                temp.as_file()
-                    .sync_data()
-                    .map_err(|e| io_error("cannot flush", temp.path(), &e))?;
             }
             Ok(temp)
         }));
@@ -913,6 +931,7 @@ impl CacheWriter for FsCacheWriter {
         }
         self.flush().await?;
         self.settle().await?;
+        self.settle_sync().await?;
         let temp = self.temp.take().ok_or_else(Self::broken)?;
         let record = std::mem::replace(&mut self.record, RecordBuilder::new([0; 32])).finish();
         let shared = self.shared.clone();
