@@ -47,6 +47,7 @@ use crate::domain::cache_record::{
     CacheRecord, RECORD_LEN, RecordBuilder, RecordHeader, block_checksum, block_count, entry_len,
 };
 use crate::domain::names::{Folder, ResourceName};
+use crate::ports::object_store::TAIL_LEN;
 use crate::ports::{
     BigPartCache, ByteStream, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry,
     ObjectBody,
@@ -490,6 +491,7 @@ enum Verdict {
         file: File,
         record: CacheRecord,
         identity: (u64, u64),
+        tail: Bytes,
     },
 }
 
@@ -561,6 +563,10 @@ fn inspect(
     let Ok(record) = header.with_table(&table) else {
         return damaged(identity, "header or block table fails its check");
     };
+    let tail = match checked_tail(&file, &record) {
+        Ok(tail) => tail,
+        Err(reason) => return damaged(identity, &reason),
+    };
     // Last use, for eviction. Best effort: a failure only makes eviction less fair.
     if let Err(e) = file.set_modified(SystemTime::now()) {
         tracing::debug!(file = %path.display(), error = %e, "cannot mark a cached big part as used");
@@ -569,7 +575,35 @@ fn inspect(
         file,
         record,
         identity,
+        tail,
     })
+}
+
+/// Reads and checks the blocks that hold the big part's last `TAIL_LEN`
+/// bytes (the last block, and the one before when the last is shorter) and
+/// returns those bytes: a hit then knows its plaintext's exact length before
+/// its first byte, at the cost of reading at most two blocks twice.
+fn checked_tail(file: &File, record: &CacheRecord) -> Result<Bytes, String> {
+    let block_len = u64::from(record.block_len);
+    let blocks = block_count(record.big_len, record.block_len);
+    if blocks == 0 {
+        return Ok(Bytes::new());
+    }
+    let mut first = blocks - 1;
+    if record.big_len - first * block_len < TAIL_LEN as u64 && first > 0 {
+        first -= 1;
+    }
+    let start = first * block_len;
+    let mut bytes = vec![0u8; usize::try_from(record.big_len - start).map_err(|e| e.to_string())?];
+    file.read_exact_at(&mut bytes, RECORD_LEN as u64 + start)
+        .map_err(|e| format!("cannot read its last block: {e}"))?;
+    for (i, block) in bytes.chunks(record.block_len as usize).enumerate() {
+        if record.block(first + i as u64) != Some(block_checksum(block)) {
+            return Err("its last block fails its checksum".to_owned());
+        }
+    }
+    let keep = bytes.len().min(TAIL_LEN);
+    Ok(Bytes::copy_from_slice(&bytes[bytes.len() - keep..]))
 }
 
 /// What the reads of one hit share with their blocking tasks.
@@ -703,9 +737,11 @@ impl BigPartCache for FsBigPartCache {
                 file,
                 record,
                 identity,
+                tail,
             } => CacheLookup::Hit(ObjectBody {
                 len: record.big_len,
                 version: None,
+                tail: Some(tail),
                 stream: body_stream(
                     HitFile {
                         file,
@@ -1228,6 +1264,52 @@ mod tests {
                 "byte {at}"
             );
             assert!(files_in(&cache.root().join("models")).is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hit_carries_the_checked_last_bytes_and_a_damaged_last_block_is_found_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        let block = BLOCK_LEN as usize;
+        for len in [
+            0,
+            1,
+            31,
+            32,
+            33,
+            block,
+            block + 1,
+            block + 31,
+            block + 32,
+            2 * block + 7,
+        ] {
+            let big = data(len, 3);
+            put(&cache, "models", "m", [1; 32], &big).await;
+            let CacheLookup::Hit(body) = cache
+                .open(&folder("models"), &name("m"), &[1; 32])
+                .await
+                .unwrap()
+            else {
+                panic!("len {len}: a hit");
+            };
+            let keep = len.min(TAIL_LEN);
+            assert_eq!(body.tail.as_deref(), Some(&big[len - keep..]), "len {len}");
+            assert_eq!(read_all(body).await, big, "len {len}");
+        }
+        // Damage in the bytes before a last block shorter than 32: checked at open too.
+        let path = cache.root().join("models/m.big");
+        for (len, at) in [(block + 10, block - 3), (block + 10, block + 9), (5000, 0)] {
+            put(&cache, "models", "m", [1; 32], &data(len, 3)).await;
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[RECORD_LEN + at] ^= 1;
+            fs::write(&path, &bytes).unwrap();
+            assert_eq!(
+                lookup(&cache, "models", "m", [1; 32]).await,
+                "damaged",
+                "len {len} at {at}"
+            );
+            assert!(!path.exists());
         }
     }
 

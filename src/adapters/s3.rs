@@ -198,6 +198,7 @@ impl ObjectStore for S3ObjectStore {
         Ok(ObjectBody {
             len,
             version: output.e_tag().map(str::to_owned),
+            tail: None,
             stream: body_stream(output.body, self.read_timeout),
         })
     }
@@ -236,6 +237,7 @@ impl S3ObjectStore {
             Ok(ObjectBody {
                 len: 0,
                 version: head.e_tag().map(str::to_owned),
+                tail: None,
                 stream: Box::pin(futures::stream::empty()),
             })
         } else {

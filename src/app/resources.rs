@@ -16,6 +16,7 @@ use crate::domain::cipher::{Decryptor, Encryptor, decrypt};
 use crate::domain::keys::{AesKey, resource_key};
 use crate::domain::names::{Folder, ResourceName};
 use crate::domain::split::{SMALL_PART_MAX, small_part_len};
+use crate::ports::object_store::TAIL_LEN;
 use crate::ports::{BigPartCache, ByteStream, CacheLookup, CacheWriter, ObjectStore, StoreError};
 
 /// How often a CDN read cut mid-object is resumed from where it stopped.
@@ -61,6 +62,10 @@ pub struct Download {
     pub source: BigPartSource,
     /// Length of the whole ciphertext (small + big).
     pub ciphertext_len: u64,
+    /// The plaintext's exact length, when it is known before the first byte
+    /// (a cache hit knows its checked last blocks; a CDN read would need
+    /// another request).
+    pub plaintext_len: Option<u64>,
     /// The plaintext; ends with an error if the ciphertext turns out damaged.
     pub plaintext: ByteStream,
 }
@@ -126,6 +131,10 @@ impl ResourceService {
             Ok(CacheLookup::Hit(body)) => {
                 tracing::debug!(%folder, %name, "big part from the cache");
                 let total = small.len() as u64 + body.len;
+                let plaintext_len = body
+                    .tail
+                    .as_deref()
+                    .and_then(|tail| exact_plaintext_len(&self.resource_key, &small, tail, total));
                 // A block found damaged mid-way (the cache checks each one just
                 // before it is served) is picked up from the CDN at that byte.
                 let resume = Resume {
@@ -138,6 +147,7 @@ impl ResourceService {
                 return Ok(Download {
                     source: BigPartSource::Cache,
                     ciphertext_len: total,
+                    plaintext_len,
                     plaintext: decrypting_stream(
                         &self.resource_key,
                         small,
@@ -188,6 +198,7 @@ impl ResourceService {
         Ok(Download {
             source: BigPartSource::Cdn,
             ciphertext_len: total,
+            plaintext_len: None,
             plaintext: decrypting_stream(
                 &self.resource_key,
                 small,
@@ -291,6 +302,24 @@ impl ResourceService {
         let big_len = *shared.big_len.lock().unwrap_or_else(|p| p.into_inner());
         Ok(small.len() as u64 + big_len)
     }
+}
+
+/// The plaintext length of `small || big` (`total` bytes) from the big part's
+/// last bytes (`big_tail`, up to `TAIL_LEN`; all of it when shorter): the
+/// last block's padding, decrypted with the block before it as its IV.
+/// `None` when it does not decrypt; the stream then ends in that error.
+fn exact_plaintext_len(key: &AesKey, small: &[u8], big_tail: &[u8], total: u64) -> Option<u64> {
+    let mut tail = Vec::with_capacity(TAIL_LEN);
+    if big_tail.len() < TAIL_LEN {
+        let need = TAIL_LEN - big_tail.len();
+        tail.extend_from_slice(&small[small.len().saturating_sub(need)..]);
+    }
+    tail.extend_from_slice(big_tail);
+    if tail.len() != TAIL_LEN || total < TAIL_LEN as u64 {
+        return None;
+    }
+    let last = decrypt(key, &tail).ok()?;
+    Some(total - TAIL_LEN as u64 + last.len() as u64)
 }
 
 /// How to pick a CDN read up again after the connection was cut.

@@ -14,8 +14,16 @@ pub struct ObjectBody {
     pub len: u64,
     /// The object's version (S3: its ETag), when the store tells it.
     pub version: Option<String>,
+    /// The body's last bytes (up to `TAIL_LEN`), when the source knew them,
+    /// checked, before streaming: a cache reads its last block when it opens
+    /// an entry. They give the plaintext's exact length up front.
+    pub tail: Option<bytes::Bytes>,
     pub stream: ByteStream,
 }
+
+/// How many last bytes of a body `ObjectBody::tail` holds: two AES blocks,
+/// the last one and the one it chains from.
+pub const TAIL_LEN: usize = 32;
 
 impl std::fmt::Debug for ObjectBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -114,8 +114,8 @@ async fn a_damaged_cached_block_is_never_served_and_the_rest_comes_from_the_cdn(
     let plain = pattern(2 * block + block / 2, 6);
     let (_, big) = app.seed(FOLDER, "m.bin", &plain);
     app.load("m.bin", FOLDER).await.bytes().await.unwrap();
-    // The last byte: in the third block; the first two are served from the cache.
-    app.cache.damage(FOLDER, "m.bin");
+    // A byte of the second block: the first is served from the cache.
+    app.cache.damage_at(FOLDER, "m.bin", block + 5);
     assert_ne!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
 
     let r = app.load("m.bin", FOLDER).await;
@@ -123,11 +123,16 @@ async fn a_damaged_cached_block_is_never_served_and_the_rest_comes_from_the_cdn(
     assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
     let gets = app.store.gets();
     assert_eq!(gets.len(), 2);
-    assert_eq!(gets[1], ("m.bin.big".to_owned(), 2 * BLOCK_LEN as u64));
+    assert_eq!(gets[1], ("m.bin.big".to_owned(), BLOCK_LEN as u64));
     // The damaged entry is gone; the next load fetches and caches it whole.
     assert!(!app.cache.contains(FOLDER, "m.bin"));
     assert_eq!(
-        app.load("m.bin", FOLDER).await.bytes().await.unwrap().to_vec(),
+        app.load("m.bin", FOLDER)
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
         plain
     );
     assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
@@ -552,4 +557,45 @@ async fn a_small_part_that_does_not_decrypt_answers_502_and_caches_nothing() {
         app.store.gets().is_empty(),
         "the CDN is not read for an undecryptable small part"
     );
+}
+
+#[tokio::test]
+async fn a_load_from_the_cache_announces_the_exact_length_and_one_from_the_cdn_streams_chunked() {
+    let app = TestApp::logged_in().await;
+    let block = BLOCK_LEN as usize;
+    // Around the AES block, the small part's cap, a big part shorter than two
+    // AES blocks, and cache blocks whose last one is shorter than 32 bytes.
+    for (i, len) in [
+        0,
+        1,
+        15,
+        16,
+        17,
+        50,
+        3000,
+        3100,
+        block - 1,
+        block + 5,
+        2 * block + 40,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("len{i}.bin");
+        let plain = pattern(len, i as u8);
+        app.seed(FOLDER, &name, &plain);
+        let first = app.load(&name, FOLDER).await;
+        assert_eq!(first.status(), 200);
+        assert_eq!(first.content_length(), None, "len {len}: from the CDN");
+        assert_eq!(first.bytes().await.unwrap().to_vec(), plain, "len {len}");
+
+        let second = app.load(&name, FOLDER).await;
+        assert_eq!(second.status(), 200);
+        assert_eq!(
+            second.content_length(),
+            Some(len as u64),
+            "len {len}: from the cache"
+        );
+        assert_eq!(second.bytes().await.unwrap().to_vec(), plain, "len {len}");
+    }
 }

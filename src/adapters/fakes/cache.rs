@@ -12,6 +12,7 @@ use futures::StreamExt;
 use super::lock;
 use crate::domain::cache_record::{CacheRecord, RecordBuilder, block_checksum};
 use crate::domain::names::{Folder, ResourceName};
+use crate::ports::object_store::TAIL_LEN;
 use crate::ports::{
     BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, ObjectBody,
 };
@@ -61,13 +62,18 @@ impl FakeCache {
         }
     }
 
-    /// Flips one bit of the last stored byte, as a failing disk would: found
-    /// when the stream reaches the last block.
+    /// Flips one bit of the first stored byte, as a failing disk would.
     pub fn damage(&self, folder: &str, name: &str) {
+        self.damage_at(folder, name, 0);
+    }
+
+    /// Flips one bit of stored byte `at`: found when the stream reaches its
+    /// block, or at open when it lies in the blocks of the last 32 bytes.
+    pub fn damage_at(&self, folder: &str, name: &str, at: usize) {
         let mut s = lock(&self.state);
         if let Some((_, data, _)) = s.entries.get_mut(&(folder.to_owned(), name.to_owned())) {
             let mut bytes = data.to_vec();
-            if let Some(b) = bytes.last_mut() {
+            if let Some(b) = bytes.get_mut(at) {
                 *b ^= 1;
             }
             *data = Bytes::from(bytes);
@@ -134,6 +140,12 @@ impl BigPartCache for FakeCache {
                     .map(|c| Ok(Bytes::copy_from_slice(c))),
             );
         }
+        // Like the real cache, the blocks of the last 32 bytes are checked at open.
+        let tail_from = data.len().saturating_sub(TAIL_LEN) as u64 / u64::from(record.block_len);
+        if damaged_at.is_some_and(|at| at / u64::from(record.block_len) >= tail_from) {
+            s.entries.remove(&k);
+            return Ok(CacheLookup::Damaged);
+        }
         let state = self.state.clone();
         let tail = futures::stream::iter(damaged_at).map(move |at| {
             // The real cache removes the entry when it finds the damage.
@@ -143,9 +155,11 @@ impl BigPartCache for FakeCache {
                 format!("fake: the cached big part is damaged from byte {at} on"),
             ))
         });
+        let keep = data.len().min(TAIL_LEN);
         Ok(CacheLookup::Hit(ObjectBody {
             len: data.len() as u64,
             version: None,
+            tail: Some(data.slice(data.len() - keep..)),
             stream: Box::pin(futures::stream::iter(pieces).chain(tail)),
         }))
     }

@@ -158,6 +158,7 @@ impl ObjectStore for FakeObjectStore {
         Ok(ObjectBody {
             len,
             version: Some(format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&data))),
+            tail: None,
             stream: Box::pin(futures::stream::iter(pieces)),
         })
     }

@@ -314,6 +314,12 @@ async fn load(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    // Known for a cache hit: clients see progress and any cut as a short body.
+    if let Some(len) = download.plaintext_len {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     Ok(response)
 }
 
