@@ -203,6 +203,49 @@ impl ObjectStore for S3ObjectStore {
         })
     }
 
+    async fn get_range(
+        &self,
+        bucket: &Folder,
+        key: &str,
+        from: u64,
+        to: u64,
+        version: Option<&str>,
+    ) -> Result<ObjectBody, StoreError> {
+        if to <= from {
+            return self.get_past_the_end(bucket, key, from).await;
+        }
+        let output = self
+            .downloader
+            .get_object()
+            .bucket(bucket.as_str())
+            .key(key)
+            .range(format!("bytes={from}-{}", to - 1))
+            .send()
+            .await
+            .map_err(|err| Failure::from_sdk(err).into_store_error(Op::Get, bucket, key))?;
+        if let (Some(wanted), Some(found)) = (version, output.e_tag())
+            && wanted != found
+        {
+            return Err(StoreError::Unexpected(format!(
+                "{bucket}/{key} was replaced during the download"
+            )));
+        }
+        let len = output
+            .content_length()
+            .and_then(|len| u64::try_from(len).ok());
+        if len != Some(to - from) {
+            return Err(StoreError::Unexpected(format!(
+                "GetObject {bucket}/{key} bytes {from}..{to} answered {len:?} bytes"
+            )));
+        }
+        Ok(ObjectBody {
+            len: to - from,
+            version: output.e_tag().map(str::to_owned),
+            tail: None,
+            stream: body_stream(output.body, self.read_timeout),
+        })
+    }
+
     async fn put(&self, bucket: &Folder, key: &str, body: ByteStream) -> Result<(), StoreError> {
         let mut parts = PartReader::new(body, self.part_size);
         let (first, last) = parts.next_part().await.map_err(body_failed)?;

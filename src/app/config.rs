@@ -3,6 +3,7 @@
 //! a secret, and never prints one: [`Config::describe`] masks anything named
 //! like a secret and the user part of URLs.
 
+use super::ranged::CdnReads;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct Config {
     pub runtime: RuntimeKind,
     pub api_connect_timeout: Duration,
     pub api_request_timeout: Duration,
+    /// How big parts are read from the CDN (segment size, requests in flight).
+    pub cdn_reads: CdnReads,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -102,6 +105,7 @@ impl Config {
             runtime: RuntimeKind::Bollard,
             api_connect_timeout: Duration::from_secs(DEFAULT_API_CONNECT_TIMEOUT_SECS),
             api_request_timeout: Duration::from_secs(DEFAULT_API_REQUEST_TIMEOUT_SECS),
+            cdn_reads: CdnReads::default(),
         }
     }
 
@@ -575,6 +579,7 @@ impl ServeArgs {
                 runtime,
                 api_connect_timeout: Duration::from_secs(connect),
                 api_request_timeout: Duration::from_secs(request),
+                cdn_reads: CdnReads::default(),
             },
             file: file_path,
             origins,

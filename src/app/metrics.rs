@@ -640,6 +640,24 @@ impl ObjectStore for MeteredObjectStore {
         Ok(self.watch_body(body))
     }
 
+    async fn get_range(
+        &self,
+        bucket: &Folder,
+        key: &str,
+        from: u64,
+        to: u64,
+        version: Option<&str>,
+    ) -> Result<ObjectBody, StoreError> {
+        let body = timed(
+            &self.metrics,
+            UpstreamCall::CdnGet,
+            store_error_kind,
+            self.inner.get_range(bucket, key, from, to, version),
+        )
+        .await?;
+        Ok(self.watch_body(body))
+    }
+
     async fn put(
         &self,
         bucket: &Folder,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod decrypt_file;
 pub mod dev;
 pub mod metrics;
+pub mod ranged;
 pub mod resources;
 pub mod session;
 pub mod spool;
@@ -69,7 +70,10 @@ impl AppState {
             ports.hardware.clone(),
             ports.clock.clone(),
         ));
-        let resources = Arc::new(ResourceService::new(session.clone(), ports.cache.clone()));
+        let resources = Arc::new(
+            ResourceService::new(session.clone(), ports.cache.clone())
+                .with_cdn_reads(config.cdn_reads),
+        );
         let unlock = Arc::new(UnlockService::new(
             ports.api.clone(),
             ports.runtime.clone(),

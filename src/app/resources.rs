@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
+use super::ranged::{CdnReads, parallel_body};
 use super::session::{CallError, Session, SessionService};
 use crate::domain::cache_record::small_part_digest;
 use crate::domain::cipher::{Decryptor, Encryptor, decrypt};
@@ -74,6 +75,7 @@ pub struct ResourceService {
     session: Arc<SessionService>,
     cache: Arc<dyn BigPartCache>,
     resource_key: AesKey,
+    cdn_reads: CdnReads,
 }
 
 impl ResourceService {
@@ -82,7 +84,14 @@ impl ResourceService {
             session,
             cache,
             resource_key: AesKey::from_key_string(&resource_key()),
+            cdn_reads: CdnReads::default(),
         }
+    }
+
+    /// How big parts are read from the CDN (ranged GETs in parallel by default).
+    pub fn with_cdn_reads(mut self, reads: CdnReads) -> Self {
+        self.cdn_reads = reads;
+        self
     }
 
     pub fn cache(&self) -> &Arc<dyn BigPartCache> {
@@ -191,10 +200,17 @@ impl ResourceService {
         let resume = Resume {
             store: session.store.clone(),
             bucket: folder.clone(),
-            key,
+            key: key.clone(),
             big_len: body.len,
             version: body.version.clone(),
         };
+        let big = parallel_body(
+            session.store.clone(),
+            folder.clone(),
+            key,
+            body,
+            self.cdn_reads,
+        );
         Ok(Download {
             source: BigPartSource::Cdn,
             ciphertext_len: total,
@@ -202,7 +218,7 @@ impl ResourceService {
             plaintext: decrypting_stream(
                 &self.resource_key,
                 small,
-                body.stream,
+                big,
                 total,
                 writer,
                 Some(resume),

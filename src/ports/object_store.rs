@@ -71,10 +71,69 @@ pub trait ObjectStore: Send + Sync {
         }
     }
 
+    /// Reads bytes `from..to` of `key` (`to` exclusive, within the object),
+    /// only while the object is still `version`; the body is exactly
+    /// `to - from` bytes. Several of these run at once for one big part.
+    /// The default reads from `from` on and stops at `to`.
+    async fn get_range(
+        &self,
+        bucket: &Folder,
+        key: &str,
+        from: u64,
+        to: u64,
+        version: Option<&str>,
+    ) -> Result<ObjectBody, StoreError> {
+        let want = to.saturating_sub(from);
+        let body = self.get_version(bucket, key, from, version).await?;
+        if body.len < want {
+            return Err(StoreError::Unexpected(format!(
+                "{bucket}/{key} ends before byte {to}"
+            )));
+        }
+        Ok(ObjectBody {
+            len: want,
+            version: body.version,
+            tail: None,
+            stream: take_bytes(body.stream, want),
+        })
+    }
+
     /// Writes `key` from a stream of unknown length (multipart for big bodies), replacing
     /// any old object only once the whole body arrived. Never creates the bucket.
     /// Errors: `NoSuchBucket`, `Unauthorized`, `Unavailable`, `Unexpected` (also when `body` fails).
     async fn put(&self, bucket: &Folder, key: &str, body: ByteStream) -> Result<(), StoreError>;
+}
+
+/// The first `len` bytes of `stream`; an error if it ends before them.
+pub fn take_bytes(stream: ByteStream, len: u64) -> ByteStream {
+    use futures::StreamExt;
+    Box::pin(futures::stream::unfold(
+        (Some(stream), len),
+        |(stream, left)| async move {
+            let mut stream = stream?;
+            if left == 0 {
+                return None;
+            }
+            match stream.next().await {
+                Some(Ok(mut chunk)) => {
+                    if chunk.len() as u64 > left {
+                        // `left` is smaller than a chunk's length, so it fits in usize.
+                        chunk.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                    }
+                    let left = left - chunk.len() as u64;
+                    Some((Ok(chunk), (Some(stream), left)))
+                }
+                Some(Err(e)) => Some((Err(e), (None, 0))),
+                None => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the body ended {left} bytes early"),
+                    )),
+                    (None, 0),
+                )),
+            }
+        },
+    ))
 }
 
 /// Builds an object store from `cdn.yaml`, which arrives only after login.

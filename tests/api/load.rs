@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::support::{FOLDER, TestApp, pattern};
 use azaion_loader::adapters::fakes::FakeRoute;
+use azaion_loader::app::ranged::CdnReads;
 use azaion_loader::domain::cache_record::{BLOCK_LEN, small_part_digest};
 use azaion_loader::ports::{ApiError, Clock, StoreError};
 
@@ -598,4 +599,76 @@ async fn a_load_from_the_cache_announces_the_exact_length_and_one_from_the_cdn_s
         );
         assert_eq!(second.bytes().await.unwrap().to_vec(), plain, "len {len}");
     }
+}
+
+/// A loader that reads big parts in segments of 64 KiB, four requests at a time.
+async fn parallel_app() -> TestApp {
+    let app = TestApp::spawn_with(|c| {
+        c.cdn_reads = CdnReads {
+            segment: SEGMENT,
+            parallel: 4,
+        }
+    })
+    .await;
+    assert_eq!(app.login().await.status(), 200);
+    app
+}
+
+const SEGMENT: u64 = 64 * 1024;
+
+#[tokio::test]
+async fn a_big_part_longer_than_a_segment_is_read_in_parallel_ranges_and_cached_whole() {
+    let app = parallel_app().await;
+    let plain = pattern(20 * SEGMENT as usize + 12_345, 7);
+    let (_, big) = app.seed(FOLDER, "m.bin", &plain);
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+
+    // One GET of the whole object (its first segment used), then one per segment.
+    let mut offsets: Vec<u64> = app.store.gets().into_iter().map(|(_, at)| at).collect();
+    offsets.sort_unstable();
+    let expected: Vec<u64> = (0..big.len() as u64).step_by(SEGMENT as usize).collect();
+    assert_eq!(offsets, expected);
+    assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
+}
+
+#[tokio::test]
+async fn a_range_read_cut_midway_is_asked_again_from_where_it_stopped() {
+    let app = parallel_app().await;
+    let plain = pattern(6 * SEGMENT as usize, 8);
+    let (_, big) = app.seed(FOLDER, "m.bin", &plain);
+    // The first GET whole, the next one (a range) cut after 1000 bytes.
+    app.store.cut_next_read(u64::MAX);
+    app.store.cut_next_read(1000);
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    let gets = app.store.gets();
+    assert!(
+        gets.iter().any(|(_, at)| at % SEGMENT == 1000),
+        "the cut range is asked again from byte 1000 of it: {gets:?}"
+    );
+    assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
+}
+
+#[tokio::test]
+async fn an_object_replaced_during_a_parallel_read_is_never_spliced_or_cached() {
+    let app = parallel_app().await;
+    let plain = pattern(6 * SEGMENT as usize, 9);
+    // A re-upload of the same content (same length, new IV): only the
+    // object's version can tell its ranges from the old one's.
+    let (_, newer_big) = app.seed(FOLDER, "m.bin", &plain);
+    let (small, big) = app.seed(FOLDER, "m.bin", &plain);
+    app.api.put_file(Some(FOLDER), "m.bin.small", small);
+    app.store.put_object(FOLDER, "m.bin.big", big);
+    // Replaced right after the first GET started: every range is of the new version.
+    app.store.cut_next_read_and_replace(u64::MAX, newer_big);
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.is_err(),
+        "a spliced body must not end cleanly"
+    );
+    assert!(!app.cache.contains(FOLDER, "m.bin"));
 }

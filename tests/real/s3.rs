@@ -202,6 +202,42 @@ async fn get_from_an_offset_returns_the_rest_and_its_length() {
 }
 
 #[tokio::test]
+async fn get_range_returns_exactly_the_range_of_the_same_version_only() {
+    let cdn = Cdn::start().await;
+    let store = cdn.store();
+    let data = pattern(100_000, 4);
+    store
+        .put(&bucket(), "a.big", chunked(data.clone(), 10_000))
+        .await
+        .unwrap();
+    let version = store.get(&bucket(), "a.big", 0).await.unwrap().version;
+    assert!(version.is_some(), "the S3 server tells the ETag");
+
+    for (from, to) in [(0, 1), (1000, 5000), (99_999, 100_000), (0, 100_000)] {
+        let body = store
+            .get_range(&bucket(), "a.big", from, to, version.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(body.len, to - from);
+        assert_eq!(
+            read_all(body.stream).await.unwrap(),
+            &data[from as usize..to as usize],
+            "{from}..{to}"
+        );
+    }
+    // Another version of the object: never spliced into a read of the first.
+    store
+        .put(&bucket(), "a.big", chunked(pattern(100_000, 5), 10_000))
+        .await
+        .unwrap();
+    let err = store
+        .get_range(&bucket(), "a.big", 1000, 5000, version.as_deref())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unexpected(_)), "{err:?}");
+}
+
+#[tokio::test]
 async fn get_from_the_very_end_returns_an_empty_body_and_past_it_fails() {
     let cdn = Cdn::start().await;
     let store = cdn.store();
