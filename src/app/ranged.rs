@@ -4,7 +4,7 @@
 //! first request (the whole object, which also tells its length and version)
 //! serves the first segment; the next segments are ranged GETs of the same
 //! version, `parallel - 1` of them in flight, handed on strictly in order.
-//! Memory per download: at most `parallel - 1` segments.
+//! Memory per download: at most `parallel` segments (16 MiB by default).
 
 use std::collections::VecDeque;
 use std::io;
@@ -30,7 +30,7 @@ pub struct CdnReads {
 impl Default for CdnReads {
     fn default() -> Self {
         Self {
-            segment: 8 << 20,
+            segment: 4 << 20,
             parallel: 4,
         }
     }
