@@ -54,6 +54,9 @@ pub const DEFAULT_IMAGES_PATH: &str = "/opt/azaion/images.enc";
 pub const DEFAULT_CACHE_DIR: &str = "cache";
 pub const DEFAULT_API_CONNECT_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_API_REQUEST_TIMEOUT_SECS: u64 = 60;
+/// Bounds of `cdn_segment_mib` and `cdn_parallel_reads`.
+pub const CDN_SEGMENT_MIB_RANGE: (u64, u64) = (1, 64);
+pub const CDN_PARALLEL_READS_RANGE: (u64, u64) = (1, 16);
 
 /// The keys a configuration file may hold (named like the `serve` flags).
 pub const FILE_KEYS: &[&str] = &[
@@ -67,6 +70,8 @@ pub const FILE_KEYS: &[&str] = &[
     "runtime",
     "api_connect_timeout_secs",
     "api_request_timeout_secs",
+    "cdn_segment_mib",
+    "cdn_parallel_reads",
 ];
 
 /// Splits `LOADER_IMAGES`: comma-separated, blanks ignored.
@@ -146,6 +151,11 @@ impl Config {
                 "api_request_timeout_secs",
                 self.api_request_timeout.as_secs().to_string(),
             ),
+            (
+                "cdn_segment_mib",
+                (self.cdn_reads.segment >> 20).to_string(),
+            ),
+            ("cdn_parallel_reads", self.cdn_reads.parallel.to_string()),
         ];
         entries
             .into_iter()
@@ -265,6 +275,8 @@ pub struct FileSettings {
     pub runtime: Option<RuntimeKind>,
     pub api_connect_timeout_secs: Option<u64>,
     pub api_request_timeout_secs: Option<u64>,
+    pub cdn_segment_mib: Option<u64>,
+    pub cdn_parallel_reads: Option<u64>,
 }
 
 impl FileSettings {
@@ -351,6 +363,14 @@ impl FileSettings {
                 "api_request_timeout_secs" => {
                     settings.api_request_timeout_secs = Some(as_timeout(value).map_err(bad)?);
                 }
+                "cdn_segment_mib" => {
+                    settings.cdn_segment_mib =
+                        Some(as_within(value, CDN_SEGMENT_MIB_RANGE).map_err(bad)?);
+                }
+                "cdn_parallel_reads" => {
+                    settings.cdn_parallel_reads =
+                        Some(as_within(value, CDN_PARALLEL_READS_RANGE).map_err(bad)?);
+                }
                 _ => {
                     return Err(ConfigError::UnknownKey {
                         path: path.to_path_buf(),
@@ -400,6 +420,13 @@ fn as_timeout(value: &toml::Value) -> Result<u64, String> {
     }
 }
 
+fn as_within(value: &toml::Value, (low, high): (u64, u64)) -> Result<u64, String> {
+    match as_u64(value)? {
+        n if (low..=high).contains(&n) => Ok(n),
+        n => Err(format!("{n} is not between {low} and {high}")),
+    }
+}
+
 /// A list of strings, or one comma-separated string like `LOADER_IMAGES`.
 fn as_image_list(value: &toml::Value) -> Result<Vec<String>, String> {
     if let Some(text) = value.as_str() {
@@ -431,7 +458,8 @@ fn as_image_list(value: &toml::Value) -> Result<Vec<String>, String> {
 pub struct ServeArgs {
     /// TOML file with any of: listen, resource_api_url, model_cache_dir,
     /// cache_max_bytes, images_path, images, docker_host, runtime,
-    /// api_connect_timeout_secs, api_request_timeout_secs. Flags and
+    /// api_connect_timeout_secs, api_request_timeout_secs, cdn_segment_mib,
+    /// cdn_parallel_reads. Flags and
     /// environment override it; relative paths in it are taken from its folder.
     #[arg(long, env = "LOADER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -467,6 +495,12 @@ pub struct ServeArgs {
     /// Seconds allowed for one Resource API call [default: 60].
     #[arg(long, env = "API_REQUEST_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub api_request_timeout_secs: Option<u64>,
+    /// MiB per ranged GET when a big part comes from the CDN, 1-64 [default: 4].
+    #[arg(long, env = "CDN_SEGMENT_MIB", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub cdn_segment_mib: Option<u64>,
+    /// Ranged GETs in flight for one big part, 1-16 (1: one plain GET) [default: 4].
+    #[arg(long, env = "CDN_PARALLEL_READS", value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub cdn_parallel_reads: Option<u64>,
 }
 
 /// Picks the first value present and records where it came from.
@@ -567,6 +601,20 @@ impl ServeArgs {
             file.api_request_timeout_secs,
             DEFAULT_API_REQUEST_TIMEOUT_SECS,
         );
+        let segment_mib = pick(
+            o,
+            "cdn_segment_mib",
+            self.cdn_segment_mib,
+            file.cdn_segment_mib,
+            defaults.cdn_reads.segment >> 20,
+        );
+        let parallel = pick(
+            o,
+            "cdn_parallel_reads",
+            self.cdn_parallel_reads,
+            file.cdn_parallel_reads,
+            defaults.cdn_reads.parallel as u64,
+        );
         Resolved {
             config: Config {
                 listen,
@@ -579,7 +627,11 @@ impl ServeArgs {
                 runtime,
                 api_connect_timeout: Duration::from_secs(connect),
                 api_request_timeout: Duration::from_secs(request),
-                cdn_reads: CdnReads::default(),
+                cdn_reads: CdnReads {
+                    segment: segment_mib << 20,
+                    // At most 16, from the parser's range.
+                    parallel: usize::try_from(parallel).unwrap_or(1),
+                },
             },
             file: file_path,
             origins,
@@ -621,6 +673,7 @@ mod tests {
         assert_eq!(resolved.config.listen, d.listen);
         assert_eq!(resolved.config.resource_api_url, d.resource_api_url);
         assert_eq!(resolved.config.api_request_timeout, d.api_request_timeout);
+        assert_eq!(resolved.config.cdn_reads, CdnReads::default());
         assert!(resolved.origins.values().all(|o| *o == Origin::Default));
     }
 
@@ -638,6 +691,8 @@ mod tests {
             runtime = "cli"
             api_connect_timeout_secs = 3
             api-request-timeout-secs = 30
+            cdn_segment_mib = 16
+            cdn_parallel_reads = 2
             "#,
         )
         .unwrap();
@@ -648,6 +703,8 @@ mod tests {
         assert_eq!(s.runtime, Some(RuntimeKind::Cli));
         assert_eq!(s.cache_max_bytes, Some(1000));
         assert_eq!(s.api_request_timeout_secs, Some(30));
+        assert_eq!(s.cdn_segment_mib, Some(16));
+        assert_eq!(s.cdn_parallel_reads, Some(2));
     }
 
     #[test]
@@ -666,6 +723,9 @@ mod tests {
             (r#"runtime = "podman""#, "runtime"),
             ("images = [1, 2]", "images"),
             ("api_connect_timeout_secs = 0", "api_connect_timeout_secs"),
+            ("cdn_segment_mib = 0", "cdn_segment_mib"),
+            ("cdn_segment_mib = 65", "cdn_segment_mib"),
+            ("cdn_parallel_reads = 17", "cdn_parallel_reads"),
             (r#"resource_api_url = "ftp://x""#, "resource_api_url"),
             (r#"model_cache_dir = """#, "model_cache_dir"),
         ] {
@@ -689,17 +749,29 @@ mod tests {
     fn flags_override_the_file_which_overrides_the_defaults() {
         let args = ServeArgs {
             listen: Some("127.0.0.1:1".parse().unwrap()),
+            cdn_parallel_reads: Some(8),
             ..ServeArgs::default()
         };
         let file = parse(
             r#"
             listen = "127.0.0.1:2"
             runtime = "cli"
+            cdn_segment_mib = 16
+            cdn_parallel_reads = 2
             "#,
         )
         .unwrap();
         let resolved = args.merge(file, Some(PathBuf::from("/etc/azaion/loader.toml")));
         assert_eq!(resolved.config.listen.port(), 1);
+        assert_eq!(
+            resolved.config.cdn_reads,
+            CdnReads {
+                segment: 16 << 20,
+                parallel: 8
+            }
+        );
+        assert_eq!(resolved.origins["cdn_parallel_reads"], Origin::FlagOrEnv);
+        assert_eq!(resolved.origins["cdn_segment_mib"], Origin::File);
         assert_eq!(resolved.config.runtime, RuntimeKind::Cli);
         assert_eq!(resolved.config.api_connect_timeout, Duration::from_secs(5));
         assert_eq!(resolved.origins["listen"], Origin::FlagOrEnv);

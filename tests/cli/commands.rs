@@ -125,12 +125,13 @@ fn serve_logs_its_effective_configuration_with_flags_over_env_over_file() {
     let file = dir.path().join("loader.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:1\"\nruntime = \"cli\"\nmodel_cache_dir = \"models\"\napi_request_timeout_secs = 7\nimages = [\"a:1\", \"b:2\"]\n",
+        "listen = \"127.0.0.1:1\"\nruntime = \"cli\"\nmodel_cache_dir = \"models\"\napi_request_timeout_secs = 7\nimages = [\"a:1\", \"b:2\"]\ncdn_segment_mib = 8\n",
     )
     .unwrap();
     let mut child = loader()
         .args(["serve", "--config", path(&file), "--listen", "127.0.0.1:0"])
         .env("API_REQUEST_TIMEOUT_SECS", "9")
+        .env("CDN_PARALLEL_READS", "2")
         .env("RESOURCE_API_URL", "http://user:hunter2@127.0.0.1:9")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -166,6 +167,8 @@ fn serve_logs_its_effective_configuration_with_flags_over_env_over_file() {
         "runtime=cli (file)",
         "api_request_timeout_secs=9 (flag or env)",
         "api_connect_timeout_secs=5 (default)",
+        "cdn_segment_mib=8 (file)",
+        "cdn_parallel_reads=2 (flag or env)",
         "images=a:1,b:2 (file)",
         "resource_api_url=http://***@127.0.0.1:9 (flag or env)",
     ] {
