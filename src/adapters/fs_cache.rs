@@ -651,7 +651,6 @@ struct Body {
     blocks: u64,
     /// The read of the block after the one being served.
     ahead: Option<tokio::task::JoinHandle<io::Result<Vec<u8>>>>,
-    done: bool,
     _reader: ReaderGuard,
 }
 
@@ -674,28 +673,19 @@ fn body_stream(hit: HitFile, reader: ReaderGuard) -> ByteStream {
         next: 0,
         blocks,
         ahead: None,
-        done: false,
         _reader: reader,
     };
     body.start_next();
     Box::pin(futures::stream::unfold(body, |mut body| async move {
-        if body.done {
-            return None;
-        }
+        // Nothing ahead: the end, or the poll after an error (no read follows one).
         let read = body.ahead.take()?;
         match read.await {
             Ok(Ok(buf)) => {
                 body.start_next();
                 Some((Ok(Bytes::from(buf)), body))
             }
-            Ok(Err(e)) => {
-                body.done = true;
-                Some((Err(e), body))
-            }
-            Err(e) => {
-                body.done = true;
-                Some((Err(io::Error::other(e)), body))
-            }
+            Ok(Err(e)) => Some((Err(e), body)),
+            Err(e) => Some((Err(io::Error::other(e)), body)),
         }
     }))
 }

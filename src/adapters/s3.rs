@@ -16,6 +16,7 @@ use aws_sdk_s3::config::{
     SharedHttpClient, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -187,20 +188,7 @@ impl ObjectStore for S3ObjectStore {
                 return Err(failure.into_store_error(Op::Get, bucket, key));
             }
         };
-        let len = output
-            .content_length()
-            .and_then(|len| u64::try_from(len).ok())
-            .ok_or_else(|| {
-                StoreError::Unexpected(format!(
-                    "GetObject {bucket}/{key} answered without a content length"
-                ))
-            })?;
-        Ok(ObjectBody {
-            len,
-            version: output.e_tag().map(str::to_owned),
-            tail: None,
-            stream: body_stream(output.body, self.read_timeout),
-        })
+        self.body_of(output, bucket, key)
     }
 
     async fn get_range(
@@ -230,20 +218,14 @@ impl ObjectStore for S3ObjectStore {
                 "{bucket}/{key} was replaced during the download"
             )));
         }
-        let len = output
-            .content_length()
-            .and_then(|len| u64::try_from(len).ok());
-        if len != Some(to - from) {
+        let body = self.body_of(output, bucket, key)?;
+        if body.len != to - from {
             return Err(StoreError::Unexpected(format!(
-                "GetObject {bucket}/{key} bytes {from}..{to} answered {len:?} bytes"
+                "GetObject {bucket}/{key} bytes {from}..{to} answered {} bytes",
+                body.len
             )));
         }
-        Ok(ObjectBody {
-            len: to - from,
-            version: output.e_tag().map(str::to_owned),
-            tail: None,
-            stream: body_stream(output.body, self.read_timeout),
-        })
+        Ok(body)
     }
 
     async fn put(&self, bucket: &Folder, key: &str, body: ByteStream) -> Result<(), StoreError> {
@@ -257,6 +239,28 @@ impl ObjectStore for S3ObjectStore {
 }
 
 impl S3ObjectStore {
+    /// A GetObject answer as a body: its announced length, ETag and bytes.
+    fn body_of(
+        &self,
+        output: GetObjectOutput,
+        bucket: &Folder,
+        key: &str,
+    ) -> Result<ObjectBody, StoreError> {
+        let len = output
+            .content_length()
+            .and_then(|len| u64::try_from(len).ok())
+            .ok_or_else(|| {
+                StoreError::Unexpected(format!(
+                    "GetObject {bucket}/{key} answered without a content length"
+                ))
+            })?;
+        Ok(ObjectBody {
+            len,
+            version: output.e_tag().map(str::to_owned),
+            tail: None,
+            stream: body_stream(output.body, self.read_timeout),
+        })
+    }
     /// S3 answers 416 for a range that starts at the very end; a reader resuming a complete
     /// object should get an empty body then, and an error only when it asked past the end.
     async fn get_past_the_end(
@@ -476,7 +480,13 @@ fn gather(ready: Vec<io::Result<Bytes>>) -> Vec<io::Result<Bytes>> {
         return ready;
     }
     let mut out = Vec::with_capacity(2);
-    let mut joined = BytesMut::new();
+    // Sized once: growing by doubling would copy the bytes again and again,
+    // and leave up to twice their size allocated behind the frozen chunk.
+    let size = ready
+        .iter()
+        .map_while(|item| item.as_ref().ok().map(Bytes::len))
+        .sum();
+    let mut joined = BytesMut::with_capacity(size);
     for item in ready {
         match item {
             Ok(chunk) => joined.extend_from_slice(&chunk),

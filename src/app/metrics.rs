@@ -593,6 +593,15 @@ struct MeteredObjectStore {
 }
 
 impl MeteredObjectStore {
+    /// Times a read's start and counts its failure, and then its body's cut.
+    async fn read(
+        &self,
+        read: impl Future<Output = Result<ObjectBody, StoreError>>,
+    ) -> Result<ObjectBody, StoreError> {
+        let body = timed(&self.metrics, UpstreamCall::CdnGet, store_error_kind, read).await?;
+        Ok(self.watch_body(body))
+    }
+
     /// Counts a body that fails mid-transfer as a `read_cut`.
     fn watch_body(&self, body: ObjectBody) -> ObjectBody {
         let metrics = self.metrics.clone();
@@ -613,14 +622,7 @@ impl MeteredObjectStore {
 #[async_trait]
 impl ObjectStore for MeteredObjectStore {
     async fn get(&self, bucket: &Folder, key: &str, from: u64) -> Result<ObjectBody, StoreError> {
-        let body = timed(
-            &self.metrics,
-            UpstreamCall::CdnGet,
-            store_error_kind,
-            self.inner.get(bucket, key, from),
-        )
-        .await?;
-        Ok(self.watch_body(body))
+        self.read(self.inner.get(bucket, key, from)).await
     }
 
     async fn get_version(
@@ -630,14 +632,8 @@ impl ObjectStore for MeteredObjectStore {
         from: u64,
         version: Option<&str>,
     ) -> Result<ObjectBody, StoreError> {
-        let body = timed(
-            &self.metrics,
-            UpstreamCall::CdnGet,
-            store_error_kind,
-            self.inner.get_version(bucket, key, from, version),
-        )
-        .await?;
-        Ok(self.watch_body(body))
+        self.read(self.inner.get_version(bucket, key, from, version))
+            .await
     }
 
     async fn get_range(
@@ -648,14 +644,8 @@ impl ObjectStore for MeteredObjectStore {
         to: u64,
         version: Option<&str>,
     ) -> Result<ObjectBody, StoreError> {
-        let body = timed(
-            &self.metrics,
-            UpstreamCall::CdnGet,
-            store_error_kind,
-            self.inner.get_range(bucket, key, from, to, version),
-        )
-        .await?;
-        Ok(self.watch_body(body))
+        self.read(self.inner.get_range(bucket, key, from, to, version))
+            .await
     }
 
     async fn put(

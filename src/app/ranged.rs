@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -38,8 +38,6 @@ impl Default for CdnReads {
 
 /// Tries per segment; a cut one is asked again from where it stopped.
 const SEGMENT_ATTEMPTS: u32 = 3;
-/// A fetched segment goes on in pieces of this size (slices, not copies).
-const PIECE: usize = 1 << 20;
 
 /// What a segment's fetch needs.
 struct Source {
@@ -55,12 +53,11 @@ struct Segments {
     total: u64,
     /// Start of the next segment to ask for.
     next_from: u64,
-    in_flight: VecDeque<JoinHandle<io::Result<Bytes>>>,
+    in_flight: VecDeque<JoinHandle<io::Result<Vec<Bytes>>>>,
     /// The first request's body, up to the end of the first segment.
     head: Option<ByteStream>,
-    /// What is left to hand on of the segment at the front.
-    ready: Bytes,
-    failed: bool,
+    /// The chunks, as they arrived, still to hand on of the segment at the front.
+    ready: std::vec::IntoIter<Bytes>,
 }
 
 impl Segments {
@@ -75,14 +72,21 @@ impl Segments {
         self.in_flight
             .push_back(tokio::spawn(fetch_segment(source, from, to)));
     }
+
+    /// Ends the stream after a failure: nothing more is read or asked for.
+    fn stop(&mut self) {
+        self.head = None;
+        self.next_from = self.total;
+        for fetch in self.in_flight.drain(..) {
+            fetch.abort();
+        }
+    }
 }
 
 impl Drop for Segments {
     fn drop(&mut self) {
         // A client that went away: stop asking the CDN for what nobody reads.
-        for fetch in &self.in_flight {
-            fetch.abort();
-        }
+        self.stop();
     }
 }
 
@@ -111,57 +115,52 @@ pub fn parallel_body(
         next_from: reads.segment,
         in_flight: VecDeque::new(),
         head: Some(take_bytes(first.stream, reads.segment)),
-        ready: Bytes::new(),
-        failed: false,
+        ready: Vec::new().into_iter(),
     };
     for _ in 1..reads.parallel {
         segments.spawn_next();
     }
     Box::pin(futures::stream::unfold(segments, |mut s| async move {
-        if s.failed {
-            return None;
-        }
         if let Some(head) = s.head.as_mut() {
             match head.next().await {
                 Some(Ok(chunk)) => return Some((Ok(chunk), s)),
                 Some(Err(e)) => {
-                    s.failed = true;
+                    s.stop();
                     return Some((Err(e), s));
                 }
                 None => s.head = None,
             }
         }
         loop {
-            if !s.ready.is_empty() {
-                let piece = s.ready.split_to(s.ready.len().min(PIECE));
-                return Some((Ok(piece), s));
+            if let Some(chunk) = s.ready.next() {
+                return Some((Ok(chunk), s));
             }
             let fetch = s.in_flight.pop_front()?;
             s.spawn_next();
-            match fetch.await {
-                Ok(Ok(bytes)) => s.ready = bytes,
-                Ok(Err(e)) => {
-                    s.failed = true;
-                    return Some((Err(e), s));
+            let failure = match fetch.await {
+                Ok(Ok(chunks)) => {
+                    s.ready = chunks.into_iter();
+                    continue;
                 }
-                Err(e) => {
-                    s.failed = true;
-                    return Some((Err(io::Error::other(e)), s));
-                }
-            }
+                Ok(Err(e)) => e,
+                Err(e) => io::Error::other(e),
+            };
+            s.stop();
+            return Some((Err(failure), s));
         }
     }))
 }
 
-/// Bytes `from..to` of the source's version, whole, or an error after
+/// Bytes `from..to` of the source's version, whole, as the chunks that
+/// arrived (kept, not copied into one buffer), or an error after
 /// `SEGMENT_ATTEMPTS` tries (each picking up where the last one stopped).
-async fn fetch_segment(source: Arc<Source>, from: u64, to: u64) -> io::Result<Bytes> {
-    let want = usize::try_from(to - from).map_err(io::Error::other)?;
-    let mut buf = BytesMut::with_capacity(want);
+async fn fetch_segment(source: Arc<Source>, from: u64, to: u64) -> io::Result<Vec<Bytes>> {
+    let mut chunks = Vec::new();
+    let mut got = 0u64;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let at = from + buf.len() as u64;
+        let at = from + got;
         let failure = match source
             .store
             .get_range(
@@ -178,8 +177,9 @@ async fn fetch_segment(source: Arc<Source>, from: u64, to: u64) -> io::Result<By
                 let mut failure = None;
                 while let Some(chunk) = stream.next().await {
                     match chunk {
-                        Ok(chunk) if buf.len() + chunk.len() <= want => {
-                            buf.extend_from_slice(&chunk)
+                        Ok(chunk) if from + got + chunk.len() as u64 <= to => {
+                            got += chunk.len() as u64;
+                            chunks.push(chunk);
                         }
                         Ok(_) => {
                             failure = Some(io::Error::new(
@@ -195,7 +195,7 @@ async fn fetch_segment(source: Arc<Source>, from: u64, to: u64) -> io::Result<By
                     }
                 }
                 match failure {
-                    None if buf.len() == want => return Ok(buf.freeze()),
+                    None if from + got == to => return Ok(chunks),
                     None => io::Error::new(io::ErrorKind::UnexpectedEof, "the range ended early"),
                     Some(e) => e,
                 }
@@ -213,6 +213,6 @@ async fn fetch_segment(source: Arc<Source>, from: u64, to: u64) -> io::Result<By
         if attempt >= SEGMENT_ATTEMPTS {
             return Err(failure);
         }
-        tracing::warn!(key = %source.key, at = from + buf.len() as u64, "CDN range read cut ({failure}); asking again");
+        tracing::warn!(key = %source.key, at = from + got, "CDN range read cut ({failure}); asking again");
     }
 }

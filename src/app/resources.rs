@@ -382,105 +382,99 @@ fn decrypting_stream(
         attempts: 0,
         done: false,
     };
-    prefetch(Box::pin(futures::stream::unfold(
-        pump,
-        |mut p| async move {
-            if p.done {
-                return None;
+    let plaintext: ByteStream = Box::pin(futures::stream::unfold(pump, |mut p| async move {
+        if p.done {
+            return None;
+        }
+        loop {
+            let decryptor = p.decryptor.as_mut()?;
+            if let Some(small) = p.small.take() {
+                let mut out = Vec::with_capacity(small.len());
+                decryptor.update(&small, &mut out);
+                if out.is_empty() {
+                    continue;
+                }
+                return Some((Ok(Bytes::from(out)), p));
             }
-            loop {
-                let decryptor = p.decryptor.as_mut()?;
-                if let Some(small) = p.small.take() {
-                    let mut out = Vec::with_capacity(small.len());
-                    decryptor.update(&small, &mut out);
+            match p.source.next().await {
+                Some(Ok(chunk)) => {
+                    p.big_received += chunk.len() as u64;
+                    let mut out = Vec::with_capacity(chunk.len() + 16);
+                    decryptor.update(&chunk, &mut out);
+                    if let Some(writer) = p.writer.as_mut()
+                        && let Err(e) = writer.write(chunk).await
+                    {
+                        tracing::warn!("stopped caching this big part: {e}");
+                        p.writer = None;
+                    }
                     if out.is_empty() {
                         continue;
                     }
                     return Some((Ok(Bytes::from(out)), p));
                 }
-                match p.source.next().await {
-                    Some(Ok(chunk)) => {
-                        p.big_received += chunk.len() as u64;
-                        let mut out = Vec::with_capacity(chunk.len() + 16);
-                        decryptor.update(&chunk, &mut out);
-                        if let Some(writer) = p.writer.as_mut()
-                            && let Err(e) = writer.write(chunk).await
+                Some(Err(e)) => {
+                    if let Some(r) = p.resume.as_ref()
+                        && p.attempts < RESUME_ATTEMPTS
+                        && p.big_received < r.big_len
+                    {
+                        p.attempts += 1;
+                        tracing::warn!(key = %r.key, at = p.big_received, "big part read cut ({e}); resuming from the CDN");
+                        match r
+                            .store
+                            .get_version(&r.bucket, &r.key, p.big_received, r.version.as_deref())
+                            .await
                         {
-                            tracing::warn!("stopped caching this big part: {e}");
-                            p.writer = None;
+                            Ok(body) if body.len == r.big_len - p.big_received => {
+                                p.source = body.stream;
+                                continue;
+                            }
+                            Ok(_) => {
+                                p.done = true;
+                                return Some((
+                                    Err(invalid("the CDN object changed during the download")),
+                                    p,
+                                ));
+                            }
+                            Err(again) => {
+                                p.done = true;
+                                return Some((
+                                    Err(io::Error::other(format!("CDN read failed: {again}"))),
+                                    p,
+                                ));
+                            }
                         }
-                        if out.is_empty() {
-                            continue;
-                        }
-                        return Some((Ok(Bytes::from(out)), p));
                     }
-                    Some(Err(e)) => {
-                        if let Some(r) = p.resume.as_ref()
-                            && p.attempts < RESUME_ATTEMPTS
-                            && p.big_received < r.big_len
-                        {
-                            p.attempts += 1;
-                            tracing::warn!(key = %r.key, at = p.big_received, "big part read cut ({e}); resuming from the CDN");
-                            match r
-                                .store
-                                .get_version(
-                                    &r.bucket,
-                                    &r.key,
-                                    p.big_received,
-                                    r.version.as_deref(),
-                                )
-                                .await
+                    p.done = true;
+                    return Some((Err(e), p));
+                }
+                None => {
+                    p.done = true;
+                    let mut out = Vec::with_capacity(16);
+                    let finished = p.decryptor.take().map(|d| d.finish(&mut out));
+                    match finished {
+                        Some(Ok(())) => {
+                            if let Some(writer) = p.writer.take()
+                                && let Err(e) = writer.commit().await
                             {
-                                Ok(body) if body.len == r.big_len - p.big_received => {
-                                    p.source = body.stream;
-                                    continue;
-                                }
-                                Ok(_) => {
-                                    p.done = true;
-                                    return Some((
-                                        Err(invalid("the CDN object changed during the download")),
-                                        p,
-                                    ));
-                                }
-                                Err(again) => {
-                                    p.done = true;
-                                    return Some((
-                                        Err(io::Error::other(format!("CDN read failed: {again}"))),
-                                        p,
-                                    ));
-                                }
+                                tracing::warn!("big part not cached: {e}");
                             }
+                            if out.is_empty() {
+                                return None;
+                            }
+                            return Some((Ok(Bytes::from(out)), p));
                         }
-                        p.done = true;
-                        return Some((Err(e), p));
-                    }
-                    None => {
-                        p.done = true;
-                        let mut out = Vec::with_capacity(16);
-                        let finished = p.decryptor.take().map(|d| d.finish(&mut out));
-                        match finished {
-                            Some(Ok(())) => {
-                                if let Some(writer) = p.writer.take()
-                                    && let Err(e) = writer.commit().await
-                                {
-                                    tracing::warn!("big part not cached: {e}");
-                                }
-                                if out.is_empty() {
-                                    return None;
-                                }
-                                return Some((Ok(Bytes::from(out)), p));
-                            }
-                            Some(Err(e)) => {
-                                tracing::error!("resource does not decrypt: {e}");
-                                return Some((Err(invalid(e)), p));
-                            }
-                            None => return None,
+                        Some(Err(e)) => {
+                            tracing::error!("resource does not decrypt: {e}");
+                            return Some((Err(invalid(e)), p));
                         }
+                        None => return None,
                     }
                 }
             }
-        },
-    )))
+        }
+    }));
+    // Reading, checking and decrypting the next chunk overlaps sending this one.
+    prefetch(plaintext)
 }
 
 /// Runs `stream` in a task of its own, `PREFETCH` items ahead of the reader,

@@ -13,7 +13,7 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 const MAGIC: &[u8; 8] = b"AZLBIG02";
 /// Encoded header size: magic, small digest, big length, block length, check.
-pub const RECORD_LEN: usize = 8 + 32 + 8 + 4 + 16;
+pub const RECORD_LEN: usize = FIELDS_LEN + 16;
 /// Bytes covered by one block checksum (the cache also reads in blocks of this
 /// size): small enough that a block, its plaintext and the next block stay in
 /// the CPU's L2 cache between reading, checking, decrypting and sending; the
@@ -63,6 +63,19 @@ pub fn entry_len(big_len: u64) -> u64 {
     RECORD_LEN as u64 + big_len + SUM_LEN * block_count(big_len, BLOCK_LEN)
 }
 
+/// Length of the header's fields, before the check that covers them.
+const FIELDS_LEN: usize = 8 + 32 + 8 + 4;
+
+/// The header's fields as they are written: magic, small digest, big length, block length.
+fn fields(small_digest: &[u8; 32], big_len: u64, block_len: u32) -> [u8; FIELDS_LEN] {
+    let mut out = [0u8; FIELDS_LEN];
+    out[..8].copy_from_slice(MAGIC);
+    out[8..40].copy_from_slice(small_digest);
+    out[40..48].copy_from_slice(&big_len.to_le_bytes());
+    out[48..].copy_from_slice(&block_len.to_le_bytes());
+    out
+}
+
 fn check_of(fields: &[u8], table: &[u8]) -> u128 {
     let mut h = Xxh3::new();
     h.update(fields);
@@ -77,13 +90,11 @@ impl CacheRecord {
     }
 
     pub fn encode_header(&self) -> [u8; RECORD_LEN] {
+        let fields = fields(&self.small_digest, self.big_len, self.block_len);
         let mut out = [0u8; RECORD_LEN];
-        out[..8].copy_from_slice(MAGIC);
-        out[8..40].copy_from_slice(&self.small_digest);
-        out[40..48].copy_from_slice(&self.big_len.to_le_bytes());
-        out[48..52].copy_from_slice(&self.block_len.to_le_bytes());
-        let check = check_of(&out[..52], &self.encode_table());
-        out[52..].copy_from_slice(&check.to_le_bytes());
+        out[..FIELDS_LEN].copy_from_slice(&fields);
+        let check = check_of(&fields, &self.encode_table());
+        out[FIELDS_LEN..].copy_from_slice(&check.to_le_bytes());
         out
     }
 
@@ -104,7 +115,11 @@ impl RecordHeader {
         small_digest.copy_from_slice(&bytes[8..40]);
         let big_len = u64::from_le_bytes(bytes[40..48].try_into().map_err(|_| MalformedRecord)?);
         let block_len = u32::from_le_bytes(bytes[48..52].try_into().map_err(|_| MalformedRecord)?);
-        let check = u128::from_le_bytes(bytes[52..].try_into().map_err(|_| MalformedRecord)?);
+        let check = u128::from_le_bytes(
+            bytes[FIELDS_LEN..]
+                .try_into()
+                .map_err(|_| MalformedRecord)?,
+        );
         if block_len == 0 {
             return Err(MalformedRecord);
         }
@@ -133,11 +148,7 @@ impl RecordHeader {
         if table.len() as u64 != self.table_len() {
             return Err(MalformedRecord);
         }
-        let mut fields = [0u8; 52];
-        fields[..8].copy_from_slice(MAGIC);
-        fields[8..40].copy_from_slice(&self.small_digest);
-        fields[40..48].copy_from_slice(&self.big_len.to_le_bytes());
-        fields[48..52].copy_from_slice(&self.block_len.to_le_bytes());
+        let fields = fields(&self.small_digest, self.big_len, self.block_len);
         if check_of(&fields, table) != self.check {
             return Err(MalformedRecord);
         }

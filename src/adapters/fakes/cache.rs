@@ -62,12 +62,7 @@ impl FakeCache {
         }
     }
 
-    /// Flips one bit of the first stored byte, as a failing disk would.
-    pub fn damage(&self, folder: &str, name: &str) {
-        self.damage_at(folder, name, 0);
-    }
-
-    /// Flips one bit of stored byte `at`: found when the stream reaches its
+    /// Flips one bit of stored byte `at`, as a failing disk would: found when the stream reaches its
     /// block, or at open when it lies in the blocks of the last 32 bytes.
     pub fn damage_at(&self, folder: &str, name: &str, at: usize) {
         let mut s = lock(&self.state);
