@@ -5,7 +5,9 @@
 # with a throw-away data folder, logs in as the demo user and loads demo.txt
 # once (so the cache lists it), then checks that the rendered page (after its
 # script ran) shows the service healthy, the loader logged in, demo.txt in
-# the cache and an unlock state. Saves a screenshot for CI as
+# the cache and an unlock state, and that it refreshes by itself (its footer
+# counts at least 2 completed poll rounds in the 5 s of virtual time: the
+# page polls once a second, see status.js). Saves a screenshot for CI as
 # target/artifacts/status-page.png. Prints PASS or FAIL; exits non-zero on
 # failure. Offline apart from the apt install.
 #
@@ -99,12 +101,16 @@ curl -fsS -o "$WORK/demo.txt" -X POST "$BASE/load/demo.txt" -H 'content-type: ap
 log "logged in and loaded demo.txt ($(wc -c <"$WORK/demo.txt") bytes)"
 
 # --- the browser -------------------------------------------------------------------
+# Virtual time the page runs for before the DOM is dumped: the page polls once
+# a second (ROUND_MS in status.js), so 5 s covers the first round and at least
+# four more.
+VIRTUAL_TIME_MS=5000
 chromium_run() { # extra flags... URL: a fresh profile each run, nothing from the network
     local profile
     profile=$(mktemp -d "$WORK/profile.XXXXXX")
     timeout --kill-after=10 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-quic \
         --no-first-run --disable-background-networking --disable-component-update --disable-sync \
-        --user-data-dir="$profile" --virtual-time-budget=5000 "$@" 2>>"$WORK/chromium.log"
+        --user-data-dir="$profile" --virtual-time-budget="$VIRTUAL_TIME_MS" "$@" 2>>"$WORK/chromium.log"
 }
 
 chromium_run --dump-dom "$BASE/" >"$WORK/dom.html" ||
@@ -126,6 +132,9 @@ expect "the cache counts one entry" 'id="cache-entries"[^>]*>1<'
 expect "the unlock state is shown" \
     'id="unlock-state"[^>]*>(idle|authenticating|downloading key|decrypting|loading images|ready|error)<'
 expect "the unlock poll ran" 'id="updated"[^>]*datetime="[0-9]{4}-'
+expect "the page refreshes by itself (at least 2 poll rounds)" \
+    'id="updated"[^>]*data-polls="([2-9]|[1-9][0-9]+)"'
+expect "no client token was asked for (none is configured)" '<form id="token-form"[^>]*hidden'
 if grep -q 'checking…' "$WORK/dom.html"; then
     log "MISSING: a value still shows its placeholder (checking…)"
     failures=$((failures + 1))

@@ -83,6 +83,9 @@ pub struct FsBigPartCache {
 struct Shared {
     root: PathBuf,
     max_bytes: Option<u64>,
+    /// Free bytes a write leaves on the file system (PROTOCOL §5.3); a write
+    /// that would cross it stops caching that entry.
+    min_free_bytes: u64,
     /// Open readers per entry. Its lock also covers every change of a final
     /// entry name (rename into place, removal), so that "is it read? is it
     /// still the same file?" and the change happen as one step.
@@ -134,6 +137,16 @@ impl FsBigPartCache {
     /// Synchronous on purpose: it runs once at start, before serving, and can
     /// be called from sync or async code alike (it touches only the cache's
     /// own directories).
+    /// Sets the free space that writes leave on the cache's file system:
+    /// an entry whose next write would cross it is dropped (the load goes on
+    /// streaming, uncached). Call right after [`FsBigPartCache::open`].
+    pub fn with_min_free_bytes(mut self, floor: u64) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.min_free_bytes = floor;
+        }
+        self
+    }
+
     pub fn open(root: PathBuf, max_bytes: Option<u64>) -> Result<Self, CacheError> {
         match fs::symlink_metadata(&root) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -163,6 +176,7 @@ impl FsBigPartCache {
         let shared = Arc::new(Shared {
             root,
             max_bytes,
+            min_free_bytes: 0,
             names: Mutex::new(HashMap::new()),
             commits: Mutex::new(()),
         });
@@ -935,6 +949,16 @@ impl CacheWriter for FsCacheWriter {
         }
         if chunk.is_empty() {
             return Ok(());
+        }
+        let more = (self.pending_len + chunk.len()) as u64;
+        let floor = self.shared.min_free_bytes;
+        if !crate::adapters::disk::room_for(&self.shared.root, more, floor).unwrap_or(false) {
+            // Dropping the writer deletes the temporary file.
+            self.pending.clear();
+            self.pending_len = 0;
+            return Err(CacheError::Io(format!(
+                "caching would leave less than {floor} bytes free (MODEL_CACHE_MIN_FREE_BYTES)"
+            )));
         }
         self.pending_len += chunk.len();
         self.pending.push(chunk);

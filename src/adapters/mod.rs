@@ -3,6 +3,7 @@
 //! the in-memory fakes beside them, and the Resource API emulator used by
 //! the local stack and the integration tests.
 
+pub mod disk;
 pub mod docker_bollard;
 pub mod docker_cli;
 pub mod emulator;

@@ -27,7 +27,8 @@ pub fn real_ports(config: &Config) -> Result<Ports, String> {
     )
     .map_err(|e| format!("Resource API client: {e}"))?;
     let cache = FsBigPartCache::open(config.model_cache_dir.clone(), config.cache_max_bytes)
-        .map_err(|e| format!("cache at {}: {e}", config.model_cache_dir.display()))?;
+        .map_err(|e| format!("cache at {}: {e}", config.model_cache_dir.display()))?
+        .with_min_free_bytes(config.limits.min_free_bytes);
     let runtime: Arc<dyn ContainerRuntime> = match config.runtime {
         RuntimeKind::Bollard => Arc::new(
             BollardRuntime::connect(config.docker_host.as_deref())

@@ -8,7 +8,47 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
+
+/// Where the service listens: a TCP address, or a Unix socket
+/// (`unix:/run/azaion-loader/loader.sock`, PROTOCOL §5.3.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, e.g. unix:/run/azaion-loader/loader.sock".to_owned());
+            }
+            return Ok(Self::Unix(absolute(PathBuf::from(path))));
+        }
+        text.parse().map(Self::Tcp).map_err(|_| {
+            format!("`{text}` is not an address such as \"127.0.0.1:8080\" or \"unix:/run/azaion-loader/loader.sock\"")
+        })
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for Listen {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Tcp(addr)
+    }
+}
 
 /// Which container runtime adapter talks to Docker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -31,7 +71,7 @@ impl RuntimeKind {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: Listen,
     pub resource_api_url: String,
     /// Absolute path of the big-part cache.
     pub model_cache_dir: PathBuf,
@@ -46,6 +86,57 @@ pub struct Config {
     pub api_request_timeout: Duration,
     /// How big parts are read from the CDN (segment size, requests in flight).
     pub cdn_reads: CdnReads,
+    /// §5.3 who may call and how much: host names, token, limits.
+    pub limits: Limits,
+}
+
+/// The settings of PROTOCOL §5.3: who may call, and the limits that keep a
+/// flood, a full disk or a hung peer from taking the device down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Extra host names a request's `Host` may carry (`LOADER_ALLOWED_HOSTS`).
+    pub allowed_hosts: Vec<String>,
+    /// File holding the client token; `None`: no token is asked for.
+    pub token_file: Option<PathBuf>,
+    pub max_upload_bytes: u64,
+    /// Free space the cache and upload spools leave on their file system.
+    pub min_free_bytes: u64,
+    /// CDN downloads and uploads in progress at once.
+    pub max_transfers: usize,
+    pub unlock_timeout: Duration,
+    /// Allow `http://` to a Resource API that is not on loopback.
+    pub allow_insecure_http: bool,
+    /// Connections served at once; the next waits in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 << 30;
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
+pub const DEFAULT_MAX_TRANSFERS: u64 = 16;
+pub const DEFAULT_UNLOCK_TIMEOUT_SECS: u64 = 7200;
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 512;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            token_file: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            max_transfers: DEFAULT_MAX_TRANSFERS as usize,
+            unlock_timeout: Duration::from_secs(DEFAULT_UNLOCK_TIMEOUT_SECS),
+            allow_insecure_http: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+        }
+    }
+}
+
+/// Splits `LOADER_ALLOWED_HOSTS`: comma-separated, lower-cased, blanks ignored.
+pub fn parse_host_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -57,6 +148,9 @@ pub const DEFAULT_API_REQUEST_TIMEOUT_SECS: u64 = 60;
 /// Bounds of `cdn_segment_mib` and `cdn_parallel_reads`.
 pub const CDN_SEGMENT_MIB_RANGE: (u64, u64) = (1, 64);
 pub const CDN_PARALLEL_READS_RANGE: (u64, u64) = (1, 16);
+/// Bounds of `max_transfers` and `max_connections`.
+pub const MAX_TRANSFERS_RANGE: (u64, u64) = (1, 4096);
+pub const MAX_CONNECTIONS_RANGE: (u64, u64) = (1, 65536);
 
 /// The keys a configuration file may hold (named like the `serve` flags).
 pub const FILE_KEYS: &[&str] = &[
@@ -72,6 +166,14 @@ pub const FILE_KEYS: &[&str] = &[
     "api_request_timeout_secs",
     "cdn_segment_mib",
     "cdn_parallel_reads",
+    "allowed_hosts",
+    "token_file",
+    "max_upload_bytes",
+    "min_free_bytes",
+    "max_transfers",
+    "unlock_timeout_secs",
+    "allow_insecure_http",
+    "max_connections",
 ];
 
 /// Splits `LOADER_IMAGES`: comma-separated, blanks ignored.
@@ -100,7 +202,7 @@ impl Config {
         Self {
             listen: DEFAULT_LISTEN
                 .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+                .unwrap_or_else(|_| Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080)))),
             resource_api_url: DEFAULT_RESOURCE_API_URL.to_owned(),
             model_cache_dir: absolute(PathBuf::from(DEFAULT_CACHE_DIR)),
             cache_max_bytes: None,
@@ -111,6 +213,7 @@ impl Config {
             api_connect_timeout: Duration::from_secs(DEFAULT_API_CONNECT_TIMEOUT_SECS),
             api_request_timeout: Duration::from_secs(DEFAULT_API_REQUEST_TIMEOUT_SECS),
             cdn_reads: CdnReads::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -156,6 +259,34 @@ impl Config {
                 (self.cdn_reads.segment >> 20).to_string(),
             ),
             ("cdn_parallel_reads", self.cdn_reads.parallel.to_string()),
+            (
+                "allowed_hosts",
+                if self.limits.allowed_hosts.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    self.limits.allowed_hosts.join(",")
+                },
+            ),
+            (
+                // The path only: the token itself is never read into a printed value.
+                "token_file",
+                self.limits
+                    .token_file
+                    .as_ref()
+                    .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
+            ),
+            ("max_upload_bytes", self.limits.max_upload_bytes.to_string()),
+            ("min_free_bytes", self.limits.min_free_bytes.to_string()),
+            ("max_transfers", self.limits.max_transfers.to_string()),
+            (
+                "unlock_timeout_secs",
+                self.limits.unlock_timeout.as_secs().to_string(),
+            ),
+            (
+                "allow_insecure_http",
+                self.limits.allow_insecure_http.to_string(),
+            ),
+            ("max_connections", self.limits.max_connections.to_string()),
         ];
         entries
             .into_iter()
@@ -168,7 +299,8 @@ impl Config {
 /// like a secret, and URLs without their user part.
 pub fn mask_value(key: &str, value: &str) -> String {
     let lower = key.to_ascii_lowercase();
-    if ["secret", "password", "token"]
+    if lower != "token_file"
+        && ["secret", "password", "token"]
         .iter()
         .any(|word| lower.contains(word))
     {
@@ -265,7 +397,7 @@ pub enum ConfigError {
 /// Relative paths in it are already resolved against the file's folder.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FileSettings {
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
     pub resource_api_url: Option<String>,
     pub model_cache_dir: Option<PathBuf>,
     pub cache_max_bytes: Option<u64>,
@@ -277,6 +409,14 @@ pub struct FileSettings {
     pub api_request_timeout_secs: Option<u64>,
     pub cdn_segment_mib: Option<u64>,
     pub cdn_parallel_reads: Option<u64>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub token_file: Option<PathBuf>,
+    pub max_upload_bytes: Option<u64>,
+    pub min_free_bytes: Option<u64>,
+    pub max_transfers: Option<u64>,
+    pub unlock_timeout_secs: Option<u64>,
+    pub allow_insecure_http: Option<bool>,
+    pub max_connections: Option<u64>,
 }
 
 impl FileSettings {
@@ -315,11 +455,10 @@ impl FileSettings {
             match key.as_str() {
                 "listen" => {
                     let text = as_str(value).map_err(bad)?;
-                    settings.listen = Some(text.parse().map_err(|_| {
-                        bad(format!(
-                            "`{text}` is not an address such as \"127.0.0.1:8080\""
-                        ))
-                    })?);
+                    settings.listen = Some(match text.strip_prefix("unix:") {
+                        Some(path) if !path.is_empty() => Listen::Unix(base.join(path)),
+                        _ => text.parse().map_err(bad)?,
+                    });
                 }
                 "resource_api_url" => {
                     let text = as_str(value).map_err(bad)?;
@@ -370,6 +509,40 @@ impl FileSettings {
                 "cdn_parallel_reads" => {
                     settings.cdn_parallel_reads =
                         Some(as_within(value, CDN_PARALLEL_READS_RANGE).map_err(bad)?);
+                }
+                "allowed_hosts" => {
+                    settings.allowed_hosts = Some(
+                        as_image_list(value)
+                            .map_err(bad)?
+                            .iter()
+                            .flat_map(|h| parse_host_list(h))
+                            .collect(),
+                    );
+                }
+                "token_file" => {
+                    let text = non_empty_str(value).map_err(bad)?;
+                    settings.token_file = Some(base.join(text));
+                }
+                "max_upload_bytes" => {
+                    settings.max_upload_bytes = Some(as_u64(value).map_err(bad)?);
+                }
+                "min_free_bytes" => {
+                    settings.min_free_bytes = Some(as_u64(value).map_err(bad)?);
+                }
+                "max_transfers" => {
+                    settings.max_transfers = Some(as_within(value, MAX_TRANSFERS_RANGE).map_err(bad)?);
+                }
+                "unlock_timeout_secs" => {
+                    settings.unlock_timeout_secs = Some(as_timeout(value).map_err(bad)?);
+                }
+                "allow_insecure_http" => {
+                    settings.allow_insecure_http = Some(value.as_bool().ok_or_else(|| {
+                        bad(format!("expected true or false, found {}", type_name(value)))
+                    })?);
+                }
+                "max_connections" => {
+                    settings.max_connections =
+                        Some(as_within(value, MAX_CONNECTIONS_RANGE).map_err(bad)?);
                 }
                 _ => {
                     return Err(ConfigError::UnknownKey {
@@ -463,10 +636,11 @@ pub struct ServeArgs {
     /// environment override it; relative paths in it are taken from its folder.
     #[arg(long, env = "LOADER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to serve on [default: 127.0.0.1:8080]. Keep it on loopback
-    /// unless clients on other hosts must reach it.
+    /// Address to serve on, or `unix:/path/loader.sock` for a Unix socket
+    /// (mode 0660) [default: 127.0.0.1:8080]. Keep TCP on loopback unless
+    /// clients on other hosts must reach it.
     #[arg(long, env = "LOADER_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
     /// Resource API base URL [default: https://api.azaion.com].
     #[arg(long, env = "RESOURCE_API_URL")]
     pub resource_api_url: Option<String>,
@@ -501,6 +675,32 @@ pub struct ServeArgs {
     /// Ranged GETs in flight for one big part, 1-16 (1: one plain GET) [default: 4].
     #[arg(long, env = "CDN_PARALLEL_READS", value_parser = clap::value_parser!(u64).range(1..=16))]
     pub cdn_parallel_reads: Option<u64>,
+    /// Extra host names a request's Host header may carry, comma-separated
+    /// (localhost, 127.0.0.1, [::1] and the listen host always may) [default: none].
+    #[arg(long, env = "LOADER_ALLOWED_HOSTS")]
+    pub allowed_hosts: Option<String>,
+    /// File holding the client token every request but `GET /health` must
+    /// carry as `Authorization: Bearer`; must not be readable by others [default: none].
+    #[arg(long, env = "LOADER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Largest upload body in bytes (413 beyond) [default: 68719476736].
+    #[arg(long, env = "LOADER_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Free bytes the cache and upload spools leave on their file system [default: 1073741824].
+    #[arg(long, env = "MODEL_CACHE_MIN_FREE_BYTES")]
+    pub min_free_bytes: Option<u64>,
+    /// CDN downloads and uploads in progress at once, 1-4096 [default: 16].
+    #[arg(long, env = "LOADER_MAX_TRANSFERS", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_transfers: Option<u64>,
+    /// Seconds an unlock may take before it ends in `error` [default: 7200].
+    #[arg(long, env = "UNLOCK_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub unlock_timeout_secs: Option<u64>,
+    /// Allow `http://` to a Resource API that is not on loopback (the password travels in clear).
+    #[arg(long, env = "LOADER_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: Option<bool>,
+    /// Connections served at once, 1-65536 [default: 512].
+    #[arg(long, env = "LOADER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_connections: Option<u64>,
 }
 
 /// Picks the first value present and records where it came from.
@@ -615,6 +815,64 @@ impl ServeArgs {
             file.cdn_parallel_reads,
             defaults.cdn_reads.parallel as u64,
         );
+        let allowed_hosts = pick(
+            o,
+            "allowed_hosts",
+            self.allowed_hosts.as_deref().map(parse_host_list),
+            file.allowed_hosts,
+            Vec::new(),
+        );
+        let token_file = pick(
+            o,
+            "token_file",
+            self.token_file.map(Some),
+            file.token_file.map(Some),
+            None,
+        )
+        .map(absolute);
+        let d = Limits::default();
+        let max_upload_bytes = pick(
+            o,
+            "max_upload_bytes",
+            self.max_upload_bytes,
+            file.max_upload_bytes,
+            d.max_upload_bytes,
+        );
+        let min_free_bytes = pick(
+            o,
+            "min_free_bytes",
+            self.min_free_bytes,
+            file.min_free_bytes,
+            d.min_free_bytes,
+        );
+        let max_transfers = pick(
+            o,
+            "max_transfers",
+            self.max_transfers,
+            file.max_transfers,
+            DEFAULT_MAX_TRANSFERS,
+        );
+        let unlock_timeout = pick(
+            o,
+            "unlock_timeout_secs",
+            self.unlock_timeout_secs,
+            file.unlock_timeout_secs,
+            DEFAULT_UNLOCK_TIMEOUT_SECS,
+        );
+        let allow_insecure_http = pick(
+            o,
+            "allow_insecure_http",
+            self.allow_insecure_http,
+            file.allow_insecure_http,
+            false,
+        );
+        let max_connections = pick(
+            o,
+            "max_connections",
+            self.max_connections,
+            file.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        );
         Resolved {
             config: Config {
                 listen,
@@ -631,6 +889,17 @@ impl ServeArgs {
                     segment: segment_mib << 20,
                     // At most 16, from the parser's range.
                     parallel: usize::try_from(parallel).unwrap_or(1),
+                },
+                limits: Limits {
+                    allowed_hosts,
+                    token_file,
+                    max_upload_bytes,
+                    min_free_bytes,
+                    // Both bounded by their parsers' ranges.
+                    max_transfers: usize::try_from(max_transfers).unwrap_or(1),
+                    unlock_timeout: Duration::from_secs(unlock_timeout),
+                    allow_insecure_http,
+                    max_connections: usize::try_from(max_connections).unwrap_or(1),
                 },
             },
             file: file_path,
@@ -661,6 +930,11 @@ mod tests {
     fn defaults_follow_the_protocol() {
         let c = Config::defaults();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.limits.max_upload_bytes, 68_719_476_736);
+        assert_eq!(c.limits.min_free_bytes, 1_073_741_824);
+        assert_eq!(c.limits.max_transfers, 16);
+        assert_eq!(c.limits.unlock_timeout, Duration::from_secs(7200));
+        assert!(!c.limits.allow_insecure_http && c.limits.token_file.is_none());
         assert_eq!(c.resource_api_url, "https://api.azaion.com");
         assert!(c.model_cache_dir.is_absolute() && c.model_cache_dir.ends_with("cache"));
         assert_eq!(c.images_path, PathBuf::from("/opt/azaion/images.enc"));
@@ -696,7 +970,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(s.listen, Some("0.0.0.0:9000".parse().unwrap()));
+        assert_eq!(s.listen, Some(Listen::Tcp("0.0.0.0:9000".parse().unwrap())));
         assert_eq!(s.model_cache_dir, Some(PathBuf::from("/etc/azaion/cache")));
         assert_eq!(s.images_path, Some(PathBuf::from("/opt/x/images.enc")));
         assert_eq!(s.images, Some(vec!["a:1".to_owned(), "b:2".to_owned()]));
@@ -705,6 +979,55 @@ mod tests {
         assert_eq!(s.api_request_timeout_secs, Some(30));
         assert_eq!(s.cdn_segment_mib, Some(16));
         assert_eq!(s.cdn_parallel_reads, Some(2));
+    }
+
+    #[test]
+    fn the_trust_boundary_settings_read_from_a_file_and_from_text() {
+        let s = parse(
+            r#"
+            listen = "unix:run/loader.sock"
+            allowed_hosts = ["Loader", "gs-1.local"]
+            token_file = "loader.token"
+            max_upload_bytes = 1000
+            min_free_bytes = 0
+            max_transfers = 2
+            unlock_timeout_secs = 30
+            allow_insecure_http = true
+            max_connections = 8
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.listen,
+            Some(Listen::Unix(PathBuf::from("/etc/azaion/run/loader.sock")))
+        );
+        assert_eq!(
+            s.allowed_hosts,
+            Some(vec!["loader".to_owned(), "gs-1.local".to_owned()])
+        );
+        assert_eq!(s.token_file, Some(PathBuf::from("/etc/azaion/loader.token")));
+        assert_eq!(
+            (s.max_upload_bytes, s.min_free_bytes, s.max_transfers),
+            (Some(1000), Some(0), Some(2))
+        );
+        assert_eq!(s.unlock_timeout_secs, Some(30));
+        assert_eq!(s.allow_insecure_http, Some(true));
+        assert_eq!(s.max_connections, Some(8));
+        assert_eq!(
+            "unix:/run/a.sock".parse::<Listen>().unwrap(),
+            Listen::Unix(PathBuf::from("/run/a.sock"))
+        );
+        assert!("unix:".parse::<Listen>().is_err());
+        assert!("localhost:80".parse::<Listen>().is_err());
+        assert_eq!(parse_host_list(" A.local, ,b "), vec!["a.local", "b"]);
+        for (text, key) in [
+            ("max_transfers = 0", "max_transfers"),
+            ("allow_insecure_http = 1", "allow_insecure_http"),
+            ("unlock_timeout_secs = 0", "unlock_timeout_secs"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
     }
 
     #[test]
@@ -748,7 +1071,7 @@ mod tests {
     #[test]
     fn flags_override_the_file_which_overrides_the_defaults() {
         let args = ServeArgs {
-            listen: Some("127.0.0.1:1".parse().unwrap()),
+            listen: Some(Listen::Tcp("127.0.0.1:1".parse().unwrap())),
             cdn_parallel_reads: Some(8),
             ..ServeArgs::default()
         };
@@ -762,7 +1085,7 @@ mod tests {
         )
         .unwrap();
         let resolved = args.merge(file, Some(PathBuf::from("/etc/azaion/loader.toml")));
-        assert_eq!(resolved.config.listen.port(), 1);
+        assert_eq!(resolved.config.listen.to_string(), "127.0.0.1:1");
         assert_eq!(
             resolved.config.cdn_reads,
             CdnReads {

@@ -151,7 +151,7 @@ pub async fn run(
     let (emulator, s3, _cdn) = start_peers(&data_dir).await?;
 
     let mut config = Config::defaults();
-    config.listen = options.listen;
+    config.listen = options.listen.into();
     config.resource_api_url = emulator.base_url();
     config.model_cache_dir = super::config::absolute(data_dir.join("cache"));
     config.images_path = data_dir.join("images.enc");

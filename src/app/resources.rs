@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::ranged::{CdnReads, parallel_body};
 use super::session::{CallError, Session, SessionService};
@@ -20,6 +20,8 @@ use crate::domain::split::{SMALL_PART_MAX, small_part_len};
 use crate::ports::object_store::TAIL_LEN;
 use crate::ports::{BigPartCache, ByteStream, CacheLookup, CacheWriter, ObjectStore, StoreError};
 
+/// `LOADER_MAX_TRANSFERS` unless configured.
+const DEFAULT_TRANSFERS: usize = 16;
 /// How often a CDN read cut mid-object is resumed from where it stopped.
 const RESUME_ATTEMPTS: u32 = 3;
 /// Plaintext chunks made ahead of the client: while one is sent, the next is
@@ -27,6 +29,17 @@ const RESUME_ATTEMPTS: u32 = 3;
 const PREFETCH: usize = 1;
 /// Once this much ciphertext is known, the small part is exactly `SMALL_PART_MAX` bytes.
 const SPLIT_KNOWN_AT: usize = (SMALL_PART_MAX as usize * 10).div_ceil(3);
+
+/// How long a transfer waits for a slot before it is refused (PROTOCOL §5.3).
+pub const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every transfer slot stayed taken for [`TRANSFER_WAIT`]: try again later.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0} CDN transfers are in progress (LOADER_MAX_TRANSFERS); try again shortly")]
+pub struct TransfersBusy(pub usize);
+
+/// A slot among the CDN downloads and uploads in progress; freed on drop.
+pub struct TransferSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -38,6 +51,8 @@ pub enum LoadError {
     SmallPartUndecryptable,
     #[error(transparent)]
     Cdn(StoreError),
+    #[error(transparent)]
+    Busy(#[from] TransfersBusy),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +91,10 @@ pub struct ResourceService {
     cache: Arc<dyn BigPartCache>,
     resource_key: AesKey,
     cdn_reads: CdnReads,
+    /// Caps CDN downloads and uploads in progress (`LOADER_MAX_TRANSFERS`).
+    transfers: Arc<Semaphore>,
+    max_transfers: usize,
+    transfer_wait: std::time::Duration,
 }
 
 impl ResourceService {
@@ -85,6 +104,28 @@ impl ResourceService {
             cache,
             resource_key: AesKey::from_key_string(&resource_key()),
             cdn_reads: CdnReads::default(),
+            transfers: Arc::new(Semaphore::new(DEFAULT_TRANSFERS)),
+            max_transfers: DEFAULT_TRANSFERS,
+            transfer_wait: TRANSFER_WAIT,
+        }
+    }
+
+    /// At most `max` CDN downloads and uploads at once; the next waits up to
+    /// `wait` for a slot.
+    pub fn with_transfer_limit(mut self, max: usize, wait: std::time::Duration) -> Self {
+        let max = max.max(1);
+        self.transfers = Arc::new(Semaphore::new(max));
+        self.max_transfers = max;
+        self.transfer_wait = wait;
+        self
+    }
+
+    /// A slot for a CDN download or an upload; cache hits need none.
+    pub async fn transfer_slot(&self) -> Result<TransferSlot, TransfersBusy> {
+        match tokio::time::timeout(self.transfer_wait, self.transfers.clone().acquire_owned()).await
+        {
+            Ok(Ok(permit)) => Ok(TransferSlot(permit)),
+            _ => Err(TransfersBusy(self.max_transfers)),
         }
     }
 
@@ -179,6 +220,7 @@ impl ResourceService {
             }
         }
 
+        let slot = self.transfer_slot().await?;
         let body = session
             .store
             .get(folder, &key, 0)
@@ -215,13 +257,16 @@ impl ResourceService {
             source: BigPartSource::Cdn,
             ciphertext_len: total,
             plaintext_len: None,
-            plaintext: decrypting_stream(
-                &self.resource_key,
-                small,
-                big,
-                total,
-                writer,
-                Some(resume),
+            plaintext: holding(
+                decrypting_stream(
+                    &self.resource_key,
+                    small,
+                    big,
+                    total,
+                    writer,
+                    Some(resume),
+                ),
+                slot,
             ),
         })
     }
@@ -336,6 +381,20 @@ fn exact_plaintext_len(key: &AesKey, small: &[u8], big_tail: &[u8], total: u64) 
     }
     let last = decrypt(key, &tail).ok()?;
     Some(total - TAIL_LEN as u64 + last.len() as u64)
+}
+
+/// `stream`, keeping `slot` taken until it ends or is dropped.
+fn holding(stream: ByteStream, slot: TransferSlot) -> ByteStream {
+    Box::pin(futures::stream::unfold(
+        (stream, Some(slot)),
+        |(mut stream, mut slot)| async move {
+            let item = stream.next().await;
+            if item.is_none() {
+                slot.take();
+            }
+            item.map(|item| (item, (stream, slot)))
+        },
+    ))
 }
 
 /// How to pick a CDN read up again after the connection was cut.

@@ -190,7 +190,10 @@ impl SessionService {
                 ApiError::DeviceMismatch => LoginError::DeviceMismatch,
                 other => LoginError::CdnConfigMissing(other.to_string()),
             })?;
-        let yaml = decrypt(&key, &encrypted).map_err(|_| LoginError::CdnConfigUndecryptable)?;
+        // cdn.yaml holds the CDN's keys: its plaintext is wiped once parsed.
+        let yaml = zeroize::Zeroizing::new(
+            decrypt(&key, &encrypted).map_err(|_| LoginError::CdnConfigUndecryptable)?,
+        );
         let cdn = CdnConfig::parse(&yaml).map_err(LoginError::CdnConfigInvalid)?;
         let store = self
             .connector

@@ -40,6 +40,8 @@ pub struct UnlockStatus {
 pub struct UnlockSettings {
     pub images_path: PathBuf,
     pub expected_images: Vec<String>,
+    /// A run that has not reached `ready` by then ends in `error` (`UNLOCK_TIMEOUT_SECS`).
+    pub timeout: Duration,
 }
 
 struct Machine {
@@ -150,9 +152,32 @@ impl UnlockService {
         self.bytes_total.store(0, Ordering::Relaxed);
         let phase = self.apply(UnlockEvent::Start);
         let this = self.clone();
+        let timeout = self.settings.timeout;
         // The run's log lines carry the id of the request that started it.
+        let run = tokio::spawn(tracing::Instrument::in_current_span(async move {
+            this.run(credentials).await
+        }));
+        let this = self.clone();
+        // A watcher ends the run in `error` when it panics or overruns its
+        // deadline; without it a panic would leave the state running forever.
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            if let Err(reason) = this.run(credentials).await {
+            let abort = run.abort_handle();
+            let outcome = match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(join)) if join.is_panic() => {
+                    tracing::error!("the unlock run panicked");
+                    Err("the unlock stopped on an internal error; POST /unlock tries again".to_owned())
+                }
+                Ok(Err(_)) => Err("the unlock was cancelled".to_owned()),
+                Err(_) => {
+                    abort.abort();
+                    Err(format!(
+                        "the unlock did not finish within {} s (UNLOCK_TIMEOUT_SECS); POST /unlock tries again",
+                        timeout.as_secs()
+                    ))
+                }
+            };
+            if let Err(reason) = outcome {
                 this.apply(UnlockEvent::Failed(reason));
             }
         }));
@@ -306,6 +331,7 @@ mod tests {
             UnlockSettings {
                 images_path: archive,
                 expected_images: vec!["azaion/a:1".into(), "azaion/b:2".into()],
+                timeout: Duration::from_secs(60),
             },
         ));
         let credentials = Credentials {

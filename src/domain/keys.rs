@@ -21,10 +21,12 @@ pub fn hardware_hash(hardware: &str) -> String {
 
 /// The per-user, per-device key under which the API encrypts what it sends.
 pub fn api_key(email: &str, password: &SecretString, hw_hash: &str) -> SecretString {
-    SecretString::new(key_hash(&format!(
+    // The text holds the password: wiped once hashed.
+    let text = zeroize::Zeroizing::new(format!(
         "{email}-{}-{hw_hash}-#%@AzaionKey@%#---",
         password.expose()
-    )))
+    ));
+    SecretString::new(key_hash(&text))
 }
 
 /// The key shared by every resource (before the split).

@@ -36,6 +36,7 @@ pub struct FakeRuntime {
     /// Loads wait for a permit: tests hold loads to observe a run in progress.
     gate: Arc<Semaphore>,
     loads: Mutex<usize>,
+    panic_next: Mutex<bool>,
 }
 
 impl Default for FakeRuntime {
@@ -46,6 +47,7 @@ impl Default for FakeRuntime {
             load_faults: FaultQueue::default(),
             gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             loads: Mutex::new(0),
+            panic_next: Mutex::new(false),
         }
     }
 }
@@ -69,6 +71,11 @@ impl FakeRuntime {
 
     pub fn fail_next_load(&self, error: RuntimeError) {
         self.load_faults.push(Fault::Fail(error), 1);
+    }
+
+    /// The next load panics, as a runtime adapter with a bug would.
+    pub fn panic_next_load(&self) {
+        *lock(&self.panic_next) = true;
     }
 
     /// Makes loads wait until [`FakeRuntime::release_loads`].
@@ -106,6 +113,9 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn load(&self, mut archive: ByteStream) -> Result<Vec<String>, RuntimeError> {
         *lock(&self.loads) += 1;
+        if std::mem::take(&mut *lock(&self.panic_next)) {
+            panic!("fake runtime: a bug in the runtime adapter");
+        }
         self.check_available()?;
         let _permit = self
             .gate

@@ -2,11 +2,11 @@
 //! bodies. Logs the cause; the body names the problem but never a secret.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::openapi::ErrorBody;
-use crate::app::resources::{LoadError, UploadError};
+use crate::app::resources::{LoadError, TransfersBusy, UploadError};
 use crate::app::session::{CallError, LoginError};
 use crate::app::unlock::UnlockStartError;
 use crate::domain::names::NameError;
@@ -16,6 +16,8 @@ use crate::ports::{ApiError, StoreError};
 pub struct HttpError {
     pub status: StatusCode,
     pub detail: String,
+    /// Headers the answer needs (`Retry-After`, `WWW-Authenticate`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl HttpError {
@@ -23,7 +25,13 @@ impl HttpError {
         Self {
             status,
             detail: detail.into(),
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 }
 
@@ -34,13 +42,15 @@ impl IntoResponse for HttpError {
         } else {
             tracing::info!(status = self.status.as_u16(), "{}", self.detail);
         }
-        (
+        let mut response = (
             self.status,
             Json(ErrorBody {
                 detail: self.detail,
             }),
         )
-            .into_response()
+            .into_response();
+        response.headers_mut().extend(self.headers);
+        response
     }
 }
 
@@ -97,7 +107,20 @@ impl From<LoadError> for HttpError {
             LoadError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
             LoadError::SmallPartUndecryptable => Self::new(StatusCode::BAD_GATEWAY, e.to_string()),
             LoadError::Cdn(ref store) => Self::new(store_status(store), e.to_string()),
+            LoadError::Busy(busy) => busy.into(),
         }
+    }
+}
+
+/// Seconds a client is asked to wait when every transfer slot is taken.
+pub const BUSY_RETRY_AFTER_SECS: u32 = 5;
+
+impl From<TransfersBusy> for HttpError {
+    fn from(e: TransfersBusy) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).with_header(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(BUSY_RETRY_AFTER_SECS),
+        )
     }
 }
 

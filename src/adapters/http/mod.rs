@@ -11,11 +11,15 @@
 //! are bounded by the server (`crate::app`): hyper answers 431 to a head that
 //! is too large, before any handler and with an empty body.
 
+pub mod boundary;
 mod error;
+pub mod form_guard;
 mod observe;
 mod openapi;
 mod page;
+mod spool;
 mod upload;
+pub mod write_idle;
 
 use axum::Json;
 use axum::Router;
@@ -46,7 +50,8 @@ use openapi::{
 /// JSON bodies are small; uploads have their own (streaming) route.
 const JSON_BODY_LIMIT: usize = 64 * 1024;
 
-pub fn router(state: AppState) -> Router {
+/// The API with §5.3's caller checks ahead of every handler.
+pub fn router(state: AppState, policy: boundary::CallerPolicy) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
@@ -66,6 +71,13 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Innermost first: each layer below wraps the ones above it.
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::map_request(idle_bodies))
+        // Who may call (§5.3): before any handler; after a small body was
+        // drained, so that the refusal reaches the client (see below).
+        .layer(middleware::from_fn_with_state(
+            std::sync::Arc::new(policy),
+            boundary::guard,
+        ))
         .layer(middleware::from_fn(read_small_body_first))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(
@@ -100,19 +112,77 @@ async fn read_small_body_first(req: Request, next: Next) -> Response {
     match declared {
         Some(len) if len > 0 && len <= JSON_BODY_LIMIT => {
             let (parts, body) = req.into_parts();
-            match axum::body::to_bytes(body, len).await {
-                Ok(bytes) => {
+            match tokio::time::timeout(form_guard::BODY_IDLE, axum::body::to_bytes(body, len)).await {
+                Ok(Ok(bytes)) => {
                     next.run(Request::from_parts(parts, Body::from(bytes)))
                         .await
                 }
-                Err(_) => HttpError::new(
+                Ok(Err(_)) => HttpError::new(
                     StatusCode::BAD_REQUEST,
                     "the body does not match its declared length",
+                )
+                .into_response(),
+                Err(_) => HttpError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the client did not send its body in time",
                 )
                 .into_response(),
             }
         }
         _ => next.run(req).await,
+    }
+}
+
+/// Bodies other than uploads' (which have their own guard) are cut off when
+/// the client sends nothing for [`form_guard::BODY_IDLE`].
+async fn idle_bodies(req: Request) -> Request {
+    if req.uri().path().starts_with("/upload/") {
+        return req;
+    }
+    let (parts, body) = req.into_parts();
+    let stream = body.into_data_stream();
+    let idle = IdleBody {
+        inner: stream,
+        deadline: None,
+    };
+    Request::from_parts(parts, Body::from_stream(idle))
+}
+
+struct IdleBody<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> futures::Stream for IdleBody<S>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+{
+    type Item = Result<bytes::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(item) => {
+                this.deadline = None;
+                Poll::Ready(item.map(|r| r.map_err(std::io::Error::other)))
+            }
+            Poll::Pending => {
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(form_guard::BODY_IDLE)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client sent nothing for 30 s",
+                    ))));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -283,7 +353,7 @@ fn path_name(
         (status = 422, description = "The JSON lacks a field or has one of the wrong type", body = ErrorBody),
         (status = 500, description = "The device's hardware cannot be read", body = ErrorBody),
         (status = 502, description = "The API or the CDN failed, or sent a part that does not decrypt", body = ErrorBody),
-        (status = 503, description = "The API or the CDN is unreachable", body = ErrorBody),
+        (status = 503, description = "The API or the CDN is unreachable, or LOADER_MAX_TRANSFERS CDN transfers are in progress (with Retry-After)", body = ErrorBody),
     )
 )]
 async fn load(

@@ -301,20 +301,59 @@ async fn interruptible(work: impl Future<Output = Result<(), CliError>>) -> Resu
 }
 
 async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    harden_process();
     let resolved = args.resolve().map_err(|e| CliError::Usage(e.to_string()))?;
     tracing::info!("effective configuration: {}", resolved.summary());
     let config = resolved.config;
+    check_resource_api_url(&config.resource_api_url, config.limits.allow_insecure_http)
+        .map_err(CliError::Usage)?;
+    // A token file that others may read is refused before anything is bound.
+    super::caller_policy(&config).map_err(|e| CliError::Usage(e.to_string()))?;
     let ports = real_ports(&config).map_err(CliError::Failed)?;
     let app = Application::build(&config, ports)
         .await
         .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", config.listen)))?;
-    let addr = app
-        .local_addr()
-        .map_err(|e| CliError::io("the listener has no address".to_owned(), e))?;
-    tracing::info!("listening on http://{addr}");
+    tracing::info!("listening on {}", app.endpoint());
     app.serve(shutdown_signal())
         .await
         .map_err(|e| CliError::Failed(format!("serving failed: {e}")))
+}
+
+/// No core dumps, and no ptrace by other processes of the same user: the
+/// process holds decrypted models and keys in memory (PROTOCOL §5.3).
+fn harden_process() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        tracing::warn!("cannot turn core dumps off: {e}");
+    }
+}
+
+/// §5.3: the password travels to the Resource API, so `http://` is allowed
+/// only to a loopback host unless the operator says otherwise.
+pub fn check_resource_api_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("RESOURCE_API_URL is not a URL ({e})"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback || allow_insecure_http {
+                Ok(())
+            } else {
+                Err(format!(
+                    "RESOURCE_API_URL {} is plain http:// to another host: the password would travel in clear. \
+                     Use https://, or set LOADER_ALLOW_INSECURE_HTTP=true on a network you trust",
+                    super::config::mask_value("resource_api_url", url)
+                ))
+            }
+        }
+        other => Err(format!("RESOURCE_API_URL must be http:// or https://, not {other}://")),
+    }
 }
 
 async fn dispatch(command: Command, mode: ProgressMode) -> Result<(), CliError> {
@@ -390,6 +429,27 @@ mod tests {
             let help = sub.render_long_help().to_string();
             assert!(help.contains("Example"), "{}: {help}", sub.get_name());
         }
+    }
+
+    #[test]
+    fn plain_http_is_refused_for_a_resource_api_off_loopback() {
+        for (url, insecure, ok) in [
+            ("https://api.azaion.com", false, true),
+            ("http://api.example", false, false),
+            ("http://api.example", true, true),
+            ("http://127.0.0.1:9000", false, true),
+            ("http://127.8.0.1", false, true),
+            ("http://localhost:1", false, true),
+            ("http://[::1]:1", false, true),
+            ("http://10.0.0.1", false, false),
+            ("http://localhost.evil.example", false, false),
+            ("ftp://x", true, false),
+            ("not a url", true, false),
+        ] {
+            assert_eq!(check_resource_api_url(url, insecure).is_ok(), ok, "{url}");
+        }
+        let err = check_resource_api_url("http://user:pw@api.example", false).unwrap_err();
+        assert!(!err.contains("pw"), "{err}");
     }
 
     #[test]

@@ -12,9 +12,16 @@ use super::progress::{human_bytes, human_duration};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    /// Base URL of the running loader.
-    #[arg(long, env = "LOADER_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// Base URL of the running loader [default: from --listen].
+    #[arg(long, env = "LOADER_URL")]
+    url: Option<String>,
+    /// The loader's listen setting, as `serve` takes it: an address, or
+    /// `unix:/path/loader.sock` (used when no --url is given).
+    #[arg(long, env = "LOADER_LISTEN", default_value = crate::app::config::DEFAULT_LISTEN)]
+    listen: crate::app::config::Listen,
+    /// The client token's file, as `serve` takes it (sent as `Authorization: Bearer`).
+    #[arg(long, env = "LOADER_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_secs: u64,
@@ -23,14 +30,82 @@ pub struct StatusArgs {
     json: bool,
 }
 
-fn client(timeout: Duration) -> Result<reqwest::Client, CliError> {
+/// How a client command reaches a running loader: base URL, transport and token.
+pub struct LoaderEndpoint {
+    /// `http://host:port`, or `http://localhost` over a Unix socket.
+    pub base: String,
+    /// Shown to the user: the URL or `unix:PATH`.
+    pub shown: String,
+    pub client: reqwest::Client,
+}
+
+/// Builds the client for `url` (when given) or the `listen` setting, with
+/// the token from `token_file` on every request.
+pub fn endpoint(
+    url: Option<&str>,
+    listen: &crate::app::config::Listen,
+    token_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<LoaderEndpoint, CliError> {
+    use crate::app::config::Listen;
     // reqwest is built without a crypto provider (one TLS stack for the crate): add ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(timeout)
-        .timeout(timeout)
+        .timeout(timeout);
+    let (base, shown) = match (url, listen) {
+        (Some(url), _) => {
+            let base = url.trim_end_matches('/').to_owned();
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return Err(CliError::Usage(format!(
+                    "--url {base} is not an http:// or https:// URL"
+                )));
+            }
+            (base.clone(), base)
+        }
+        (None, Listen::Tcp(addr)) => {
+            // A wildcard listen address is reached on loopback.
+            let ip = if addr.ip().is_unspecified() {
+                if addr.is_ipv4() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+                }
+            } else {
+                addr.ip()
+            };
+            let base = format!("http://{}", std::net::SocketAddr::new(ip, addr.port()));
+            (base.clone(), base)
+        }
+        (None, Listen::Unix(path)) => {
+            builder = builder.unix_socket(path.clone());
+            ("http://localhost".to_owned(), format!("unix:{}", path.display()))
+        }
+    };
+    if let Some(path) = token_file {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            CliError::Usage(format!("cannot read the token file {}: {e}", path.display()))
+        })?);
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", text.trim()))
+            .map_err(|_| {
+                CliError::Usage(format!(
+                    "the token file {} holds characters a header cannot carry",
+                    path.display()
+                ))
+            })?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    let client = builder
         .build()
-        .map_err(|e| CliError::Failed(format!("cannot build an HTTP client: {e}")))
+        .map_err(|e| CliError::Failed(format!("cannot build an HTTP client: {e}")))?;
+    Ok(LoaderEndpoint {
+        base,
+        shown,
+        client,
+    })
 }
 
 /// The error and its causes on one line (reqwest's own text names only the URL).
@@ -54,7 +129,12 @@ fn root_cause(error: &dyn std::error::Error) -> String {
     cause.to_string()
 }
 
-async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Result<Value, CliError> {
+async fn get_json(
+    client: &reqwest::Client,
+    base: &str,
+    shown: &str,
+    path: &str,
+) -> Result<Value, CliError> {
     let url = format!("{base}{path}");
     let response = client.get(&url).send().await.map_err(|e| {
         let why = if e.is_timeout() {
@@ -65,7 +145,7 @@ async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Result<Va
             chain(&e)
         };
         CliError::Unreachable(format!(
-            "cannot reach the loader at {base}: {why} (is it running? `azaion-loader serve` starts it)"
+            "cannot reach the loader at {shown}: {why} (is it running? `azaion-loader serve` starts it)"
         ))
     })?;
     let status = response.status();
@@ -73,9 +153,17 @@ async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Result<Va
         CliError::Unreachable(format!("{url}: the answer broke off: {}", chain(&e)))
     })?;
     if !status.is_success() {
+        let detail = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+            " (set LOADER_TOKEN_FILE or --token-file to the loader's token file)"
+        } else {
+            ""
+        };
         return Err(CliError::Failed(format!(
-            "{url} answered {status}: {}",
-            body.chars().take(200).collect::<String>()
+            "{shown}{path} answered {status}: {detail}{hint}"
         )));
     }
     serde_json::from_str(&body)
@@ -83,16 +171,20 @@ async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Result<Va
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), CliError> {
-    let base = args.url.trim_end_matches('/').to_owned();
-    if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(CliError::Usage(format!(
-            "--url {base} is not an http:// or https:// URL"
-        )));
-    }
-    let client = client(Duration::from_secs(args.timeout_secs))?;
-    let health = get_json(&client, &base, "/health").await?;
-    let status = get_json(&client, &base, "/status").await?;
-    let unlock = get_json(&client, &base, "/unlock/status").await?;
+    let LoaderEndpoint {
+        base,
+        shown,
+        client,
+    } = endpoint(
+        args.url.as_deref(),
+        &args.listen,
+        args.token_file.as_deref(),
+        Duration::from_secs(args.timeout_secs),
+    )?;
+    let health = get_json(&client, &base, &shown, "/health").await?;
+    let status = get_json(&client, &base, &shown, "/status").await?;
+    let unlock = get_json(&client, &base, &shown, "/unlock/status").await?;
+    let base = shown;
     if args.json {
         println!(
             "{}",

@@ -84,6 +84,7 @@ pub async fn run(args: UnlockArgs, mode: ProgressMode) -> Result<(), CliError> {
         UnlockSettings {
             images_path: config.images_path.clone(),
             expected_images: config.expected_images.clone(),
+            timeout: config.limits.unlock_timeout,
         },
     ));
     let mut progress = Progress::new("unlock", None, mode);

@@ -1,6 +1,9 @@
 "use strict";
 // Live values for the status page. Every value from the loader goes into the
 // page through textContent or a property, never through HTML parsing.
+// When the loader requires its client token (LOADER_TOKEN_FILE), the page
+// asks for it once and keeps it in this tab's sessionStorage only; it goes
+// out in the Authorization header of each request, never in a URL or a log.
 (() => {
   const byId = (id) => document.getElementById(id);
   const el = {
@@ -10,6 +13,8 @@
     cacheBytes: byId("cache-bytes"), cacheEntries: byId("cache-entries"), cacheLimit: byId("cache-limit"),
     cacheMeterBox: byId("cache-meter-box"), cacheMeter: byId("cache-meter"), cacheRows: byId("cache-rows"),
     cacheProblem: byId("cache-problem"), updated: byId("updated"),
+    tokenForm: byId("token-form"), tokenInput: byId("token-input"), tokenRefused: byId("token-refused"),
+    tokenStored: byId("token-stored"), tokenForget: byId("token-forget"),
   };
 
   const HINTS = {
@@ -63,16 +68,129 @@
     node.hidden = !text;
   }
 
+  // The client token: sessionStorage (this tab only, gone when it closes),
+  // or memory where the browser refuses storage; nothing that outlives the tab.
+  const TOKEN_KEY = "azaion-loader-token";
+  let memoryToken = null;
+  const token = {
+    get() {
+      try {
+        return window.sessionStorage.getItem(TOKEN_KEY) || null;
+      } catch (e) {
+        return memoryToken;
+      }
+    },
+    set(value) {
+      try {
+        window.sessionStorage.setItem(TOKEN_KEY, value);
+        memoryToken = null;
+      } catch (e) {
+        memoryToken = value;
+      }
+    },
+    clear() {
+      memoryToken = null;
+      try {
+        window.sessionStorage.removeItem(TOKEN_KEY);
+      } catch (e) {
+        // Nothing was stored.
+      }
+    },
+  };
+
+  // A 401: the loader wants its client token (or refused the one sent).
+  class TokenNeeded extends Error {
+    constructor(path) {
+      super(path + " needs the loader's client token");
+    }
+  }
+
+  async function detailOf(response) {
+    try {
+      const body = await response.json();
+      return typeof body.detail === "string" ? body.detail.slice(0, 200) : "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  const FETCH_TIMEOUT_MS = 10000;
   async function getJson(path) {
-    const response = await fetch(path, { cache: "no-store", headers: { accept: "application/json" } });
-    if (!response.ok) throw new Error(path + " answered " + response.status);
+    const sent = token.get();
+    const headers = { accept: "application/json" };
+    if (sent) headers.authorization = "Bearer " + sent;
+    // A loader that stops answering must not stall the polling for good.
+    const signal = typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : undefined;
+    const response = await fetch(path, { cache: "no-store", headers, signal });
+    if (response.status === 401) {
+      tokenRefusedBy(sent);
+      throw new TokenNeeded(path);
+    }
+    if (!response.ok) {
+      const detail = await detailOf(response);
+      throw new Error(path + " answered " + response.status + (detail ? ": " + detail : ""));
+    }
     return response.json();
   }
 
+  // --- the token form --------------------------------------------------------
+  let refused = false;
+
+  function showTokenState() {
+    const stored = token.get() !== null;
+    el.tokenStored.hidden = !stored;
+    el.tokenRefused.hidden = !refused;
+  }
+
+  function askForToken() {
+    showTokenState();
+    if (el.tokenForm.hidden) {
+      el.tokenForm.hidden = false;
+      el.tokenInput.focus();
+    }
+  }
+
+  // Called for each 401. A 401 for a request that went out before the token
+  // changed says nothing about the current token, so it is ignored.
+  function tokenRefusedBy(sent) {
+    const current = token.get();
+    if (sent !== current) return;
+    if (sent !== null) {
+      token.clear();
+      refused = true;
+    }
+    askForToken();
+  }
+
+  el.tokenForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = el.tokenInput.value.trim();
+    if (!/^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(value)) {
+      el.tokenInput.focus();
+      return;
+    }
+    token.set(value);
+    el.tokenInput.value = "";
+    refused = false;
+    el.tokenForm.hidden = true;
+    showTokenState();
+    pollNow();
+  });
+
+  el.tokenForget.addEventListener("click", () => {
+    token.clear();
+    refused = false;
+    showTokenState();
+    pollNow();
+  });
+
+  let polls = 0;
   function stamp() {
     const now = new Date();
     el.updated.dateTime = now.toISOString();
     setText(el.updated, now.toLocaleTimeString("en-GB"));
+    polls += 1;
+    el.updated.dataset.polls = String(polls);
   }
 
   async function refreshService() {
@@ -89,7 +207,8 @@
       setBadge(el.session, loggedIn ? "logged in" : "not logged in", loggedIn ? "ok" : "unknown");
       setText(el.cacheDir, String(status.modelCacheDir ?? "—"));
     } catch (e) {
-      setBadge(el.session, "unknown", "bad");
+      if (e instanceof TokenNeeded) setBadge(el.session, "token needed", "unknown");
+      else setBadge(el.session, "unknown", "bad");
     }
   }
 
@@ -102,6 +221,16 @@
       row.append(cell);
     }
     return row;
+  }
+
+  function cacheMessage(text) {
+    const row = document.createElement("tr");
+    const cell = document.createElement("td");
+    cell.colSpan = 3;
+    cell.className = "muted";
+    cell.textContent = text;
+    row.append(cell);
+    el.cacheRows.replaceChildren(row);
   }
 
   async function refreshCache() {
@@ -118,19 +247,18 @@
       }
       const entries = Array.isArray(cache.entries) ? cache.entries : [];
       if (entries.length === 0) {
-        const row = document.createElement("tr");
-        const cell = document.createElement("td");
-        cell.colSpan = 3;
-        cell.className = "muted";
-        cell.textContent = "Nothing cached yet: a POST /load fills the cache.";
-        row.append(cell);
-        el.cacheRows.replaceChildren(row);
+        cacheMessage("Nothing cached yet: a POST /load fills the cache.");
       } else {
         el.cacheRows.replaceChildren(...entries.map(cacheRow));
       }
       showProblem(el.cacheProblem, "");
     } catch (e) {
-      showProblem(el.cacheProblem, "The cache could not be read: " + e.message);
+      if (e instanceof TokenNeeded) {
+        cacheMessage("—");
+        showProblem(el.cacheProblem, "The cache is shown once the loader's client token is given above.");
+      } else {
+        showProblem(el.cacheProblem, "The cache could not be read: " + e.message);
+      }
     }
   }
 
@@ -159,31 +287,62 @@
         setText(el.unlockBytes, state === "ready" ? "Done." : "No archive is being decrypted.");
       }
       showProblem(el.unlockError, state === "error" && unlock.error ? String(unlock.error) : "");
-      stamp();
     } catch (e) {
-      setBadge(el.unlockState, "unknown", "bad");
-      setText(el.unlockHint, "The loader did not answer: " + e.message);
+      delete el.unlockState.dataset.state;
+      if (e instanceof TokenNeeded) {
+        setBadge(el.unlockState, "token needed", "unknown");
+        setText(el.unlockHint, "The unlock state is shown once the loader's client token is given above.");
+      } else {
+        setBadge(el.unlockState, "unknown", "bad");
+        setText(el.unlockHint, "The loader did not answer: " + e.message);
+      }
     }
   }
 
-  let unlockInFlight = false;
-  async function pollUnlock() {
-    if (unlockInFlight) return;
-    unlockInFlight = true;
+  // One poll round every second: the unlock state each time, the service and
+  // the cache every 5 s (and at once after a token is given or forgotten).
+  // Rounds never overlap; each completed round updates the footer's time
+  // and its data-polls count.
+  const ROUND_MS = 1000;
+  const SLOW_MS = 5000;
+  let lastSlow = -Infinity;
+  let inFlight = false;
+  let again = false;
+  let timer = 0;
+
+  async function poll(forceSlow) {
+    if (inFlight) {
+      again = true;
+      return;
+    }
+    inFlight = true;
+    clearTimeout(timer);
     try {
-      await refreshUnlock();
+      const rounds = [refreshUnlock()];
+      const now = Date.now();
+      if (forceSlow || now - lastSlow >= SLOW_MS) {
+        lastSlow = now;
+        rounds.push(refreshService(), refreshCache());
+      }
+      await Promise.all(rounds);
+      stamp();
     } finally {
-      unlockInFlight = false;
+      inFlight = false;
+      if (again) {
+        again = false;
+        poll(true);
+      } else {
+        timer = setTimeout(() => poll(false), ROUND_MS);
+      }
     }
   }
 
-  async function pollSlow() {
-    await Promise.all([refreshService(), refreshCache()]);
-    stamp();
+  // After a token is given or forgotten: a full round now (or right after
+  // the one in flight).
+  function pollNow() {
+    poll(true);
   }
 
-  pollSlow();
-  pollUnlock();
-  setInterval(pollUnlock, 1000);
-  setInterval(pollSlow, 5000);
+  showTokenState();
+  poll(true);
 })();

@@ -1,10 +1,11 @@
 //! Holds an upload whose `data` field arrived before its `folder` field.
 //! The bytes are encrypted with a one-off key that lives only in memory, into
 //! an unnamed temporary file in the cache folder: no plaintext on disk, and
-//! nothing left behind even after a crash (the file has no name).
+//! nothing left behind even after a crash (the file has no name). It never
+//! takes the file system's free space under its floor (PROTOCOL §5.3).
 
 use std::io::SeekFrom;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
@@ -14,8 +15,19 @@ use crate::ports::ByteStream;
 
 const CHUNK: usize = 1 << 20;
 
+/// Writing on would take the free space under the floor.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("holding the upload would leave less than {0} bytes free (MODEL_CACHE_MIN_FREE_BYTES)")]
+    NoRoom(u64),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 pub struct Spool {
     file: tokio::fs::File,
+    dir: PathBuf,
+    min_free_bytes: u64,
     key: AesKey,
     encryptor: Encryptor,
     buf: Vec<u8>,
@@ -23,7 +35,7 @@ pub struct Spool {
 }
 
 impl Spool {
-    pub fn new_in(dir: &Path) -> std::io::Result<Self> {
+    pub fn new_in(dir: &Path, min_free_bytes: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let file = tokio::fs::File::from_std(tempfile::tempfile_in(dir)?);
         let mut key = [0u8; 32];
@@ -35,12 +47,18 @@ impl Spool {
             encryptor: Encryptor::new(&key, iv),
             key,
             file,
+            dir: dir.to_path_buf(),
+            min_free_bytes,
             buf: Vec::with_capacity(CHUNK + 32),
             written: 0,
         })
     }
 
-    pub async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
+        let more = chunk.len() as u64 + 16;
+        if !crate::adapters::disk::room_for(&self.dir, more, self.min_free_bytes)? {
+            return Err(SpoolError::NoRoom(self.min_free_bytes));
+        }
         self.buf.clear();
         self.encryptor.update(chunk, &mut self.buf);
         self.file.write_all(&self.buf).await?;
@@ -57,7 +75,7 @@ impl Spool {
         self.file.flush().await?;
         self.file.seek(SeekFrom::Start(0)).await?;
         let decryptor = Decryptor::new(&self.key).with_expected_len(self.written);
-        Ok(super::decrypt_file::decrypting_file(
+        Ok(crate::app::decrypt_file::decrypting_file(
             self.file,
             decryptor,
             "the spooled upload",
@@ -75,7 +93,7 @@ mod tests {
     #[tokio::test]
     async fn spooled_bytes_come_back_exactly_and_the_file_holds_no_plaintext() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::new_in(dir.path()).unwrap();
+        let mut spool = Spool::new_in(dir.path(), 0).unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         for piece in data.chunks(77_777) {
             spool.write(piece).await.unwrap();
@@ -88,5 +106,13 @@ mod tests {
             back.extend_from_slice(&chunk.unwrap());
         }
         assert_eq!(back, data);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_would_cross_the_free_space_floor_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = crate::adapters::disk::free_bytes(dir.path()).unwrap();
+        let mut spool = Spool::new_in(dir.path(), free + (1 << 40)).unwrap();
+        assert!(matches!(spool.write(b"abc").await, Err(SpoolError::NoRoom(_))));
     }
 }
