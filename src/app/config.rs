@@ -25,7 +25,10 @@ impl FromStr for Listen {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err("`unix:` needs a socket path, e.g. unix:/run/azaion-loader/loader.sock".to_owned());
+                return Err(
+                    "`unix:` needs a socket path, e.g. unix:/run/azaion-loader/loader.sock"
+                        .to_owned(),
+                );
             }
             return Ok(Self::Unix(absolute(PathBuf::from(path))));
         }
@@ -301,8 +304,8 @@ pub fn mask_value(key: &str, value: &str) -> String {
     let lower = key.to_ascii_lowercase();
     if lower != "token_file"
         && ["secret", "password", "token"]
-        .iter()
-        .any(|word| lower.contains(word))
+            .iter()
+            .any(|word| lower.contains(word))
     {
         return "***".to_owned();
     }
@@ -530,14 +533,18 @@ impl FileSettings {
                     settings.min_free_bytes = Some(as_u64(value).map_err(bad)?);
                 }
                 "max_transfers" => {
-                    settings.max_transfers = Some(as_within(value, MAX_TRANSFERS_RANGE).map_err(bad)?);
+                    settings.max_transfers =
+                        Some(as_within(value, MAX_TRANSFERS_RANGE).map_err(bad)?);
                 }
                 "unlock_timeout_secs" => {
                     settings.unlock_timeout_secs = Some(as_timeout(value).map_err(bad)?);
                 }
                 "allow_insecure_http" => {
                     settings.allow_insecure_http = Some(value.as_bool().ok_or_else(|| {
-                        bad(format!("expected true or false, found {}", type_name(value)))
+                        bad(format!(
+                            "expected true or false, found {}",
+                            type_name(value)
+                        ))
                     })?);
                 }
                 "max_connections" => {
@@ -1005,7 +1012,10 @@ mod tests {
             s.allowed_hosts,
             Some(vec!["loader".to_owned(), "gs-1.local".to_owned()])
         );
-        assert_eq!(s.token_file, Some(PathBuf::from("/etc/azaion/loader.token")));
+        assert_eq!(
+            s.token_file,
+            Some(PathBuf::from("/etc/azaion/loader.token"))
+        );
         assert_eq!(
             (s.max_upload_bytes, s.min_free_bytes, s.max_transfers),
             (Some(1000), Some(0), Some(2))

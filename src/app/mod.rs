@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::adapters::http::boundary::{CallerPolicy, ClientToken};
 use crate::ports::{
     BigPartCache, Clock, ContainerRuntime, HardwareProbe, ObjectStoreConnector, ResourceApi,
 };
-use crate::adapters::http::boundary::{CallerPolicy, ClientToken};
 use config::{Config, Listen};
 use metrics::Metrics;
 use resources::ResourceService;

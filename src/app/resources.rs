@@ -258,14 +258,7 @@ impl ResourceService {
             ciphertext_len: total,
             plaintext_len: None,
             plaintext: holding(
-                decrypting_stream(
-                    &self.resource_key,
-                    small,
-                    big,
-                    total,
-                    writer,
-                    Some(resume),
-                ),
+                decrypting_stream(&self.resource_key, small, big, total, writer, Some(resume)),
                 slot,
             ),
         })

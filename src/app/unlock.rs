@@ -166,7 +166,10 @@ impl UnlockService {
                 Ok(Ok(result)) => result,
                 Ok(Err(join)) if join.is_panic() => {
                     tracing::error!("the unlock run panicked");
-                    Err("the unlock stopped on an internal error; POST /unlock tries again".to_owned())
+                    Err(
+                        "the unlock stopped on an internal error; POST /unlock tries again"
+                            .to_owned(),
+                    )
                 }
                 Ok(Err(_)) => Err("the unlock was cancelled".to_owned()),
                 Err(_) => {

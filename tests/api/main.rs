@@ -1,6 +1,7 @@
 //! The loader's HTTP API end to end, fully offline: the app is built with
 //! in-memory fakes behind every port and driven over real HTTP on 127.0.0.1.
 
+mod boundary;
 mod fuzz;
 mod load;
 mod login_and_status;

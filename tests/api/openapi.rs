@@ -139,7 +139,7 @@ async fn the_document_names_the_error_statuses_each_route_can_answer() {
             "post",
             "/upload/{filename}",
             &[
-                "200", "400", "401", "403", "404", "500", "502", "503", "507",
+                "200", "400", "401", "403", "404", "408", "413", "500", "502", "503", "507",
             ][..],
         ),
         (

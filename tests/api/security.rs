@@ -36,7 +36,7 @@ async fn post_form(app: &TestApp, path: &str, body: Vec<u8>) -> reqwest::Respons
 }
 
 #[tokio::test]
-async fn a_form_with_too_many_fields_answers_400_and_stores_nothing() {
+async fn a_form_with_fields_other_than_folder_and_data_answers_400_and_stores_nothing() {
     let app = TestApp::logged_in().await;
     let mut parts: Vec<(&str, Vec<u8>)> = (0..40).map(|_| ("note", b"x".to_vec())).collect();
     parts.push(("folder", FOLDER.as_bytes().to_vec()));
@@ -47,7 +47,7 @@ async fn a_form_with_too_many_fields_answers_400_and_stores_nothing() {
         TestApp::json(r).await["detail"]
             .as_str()
             .unwrap()
-            .contains("too many fields")
+            .contains("only the fields folder and data")
     );
     assert_eq!(app.store.puts(), 0);
     assert_eq!(app.api.calls(FakeRoute::PutResource), 0);

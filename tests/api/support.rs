@@ -233,3 +233,72 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
+
+/// A response read off a raw connection.
+pub struct RawResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl TestApp {
+    /// POSTs `body` on a raw connection while reading the answer at the same
+    /// time, as a browser or curl would: a server that answers before it has
+    /// read the body (a refusal) closes the connection on the unread rest,
+    /// which an ordinary client may report as a reset instead of the answer.
+    pub async fn raw_post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> RawResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let (mut read, mut write) = stream.into_split();
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let writer = tokio::spawn(async move {
+            if write.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for chunk in body.chunks(64 * 1024) {
+                if write.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let read_all = async {
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read_all)
+            .await
+            .expect("an answer within 60 s");
+        writer.abort();
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {head:?}"));
+        RawResponse {
+            status,
+            body: body.to_owned(),
+        }
+    }
+}

@@ -234,3 +234,56 @@ async fn unlock_rejects_a_malformed_body() {
         422
     );
 }
+
+#[tokio::test]
+async fn a_hung_key_fragment_ends_in_error_past_the_unlock_timeout_and_a_retry_reaches_ready() {
+    let app = TestApp::spawn_with(|c| {
+        c.expected_images = vec![IMAGE.to_owned()];
+        c.limits.unlock_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    app.api.set_key_fragment(FRAGMENT);
+    write_archive(&app, FRAGMENT, &[IMAGE], 100_000);
+    app.api.stall_next(
+        FakeRoute::KeyFragment,
+        1,
+        std::time::Duration::from_secs(15),
+    );
+    let started = std::time::Instant::now();
+    let r = app.post_json("/unlock", creds()).await;
+    assert_eq!(r.status(), 200);
+    let v = app.wait_unlock(&["error", "ready"]).await;
+    assert_eq!(v["state"], "error", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("UNLOCK_TIMEOUT_SECS"),
+        "{v}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the stall was waited out"
+    );
+    assert_eq!(app.runtime.loads(), 0);
+    // The retry is not stalled and reaches ready.
+    let r = app.post_json("/unlock", creds()).await;
+    assert_eq!(TestApp::json(r).await["state"], "authenticating");
+    let v = app.wait_unlock(&["error", "ready"]).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert!(app.runtime.has_image(IMAGE));
+}
+
+#[tokio::test]
+async fn a_panicking_runtime_ends_the_unlock_in_error_and_a_retry_reaches_ready() {
+    let app = app_with_images(&[IMAGE]).await;
+    write_archive(&app, FRAGMENT, &[IMAGE], 100_000);
+    app.runtime.panic_next_load();
+    app.post_json("/unlock", creds()).await;
+    let v = app.wait_unlock(&["error", "ready"]).await;
+    assert_eq!(v["state"], "error", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("internal error"),
+        "{v}"
+    );
+    app.post_json("/unlock", creds()).await;
+    let v = app.wait_unlock(&["error", "ready"]).await;
+    assert_eq!(v["state"], "ready", "{v}");
+}

@@ -182,3 +182,46 @@ fn serve_logs_its_effective_configuration_with_flags_over_env_over_file() {
     assert!(!log.contains("hunter2"), "{log}");
     assert!(log.contains("listening on http://127.0.0.1:"), "{log}");
 }
+
+#[test]
+fn serve_refuses_a_token_file_that_others_can_read_with_exit_2() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("loader.token");
+    std::fs::write(&token, "t0ken").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = loader();
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("LOADER_TOKEN_FILE", &token)
+        .env("MODEL_CACHE_DIR", dir.path().join("cache"));
+    let outcome = crate::support::run_command(command);
+    assert_eq!(outcome.code, Some(2), "{outcome:?}");
+    assert!(
+        outcome
+            .stderr
+            .contains("readable or writable by other users"),
+        "{outcome:?}"
+    );
+    assert!(!outcome.stderr.contains("t0ken"), "{outcome:?}");
+    assert!(
+        !dir.path().join("cache").exists(),
+        "it built things before refusing"
+    );
+}
+
+#[test]
+fn serve_refuses_plain_http_to_a_resource_api_off_loopback_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = loader();
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("RESOURCE_API_URL", "http://api.example")
+        .env("MODEL_CACHE_DIR", dir.path().join("cache"));
+    let outcome = crate::support::run_command(command);
+    assert_eq!(outcome.code, Some(2), "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("LOADER_ALLOW_INSECURE_HTTP"),
+        "{outcome:?}"
+    );
+}

@@ -3,6 +3,7 @@
 //! and a Docker daemon (skipped with a printed reason where none runs,
 //! mandatory when `AZAION_REQUIRE_DOCKER=1`, as in CI).
 
+mod boundary;
 mod crash;
 mod docker;
 mod e2e;

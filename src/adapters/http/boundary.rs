@@ -248,7 +248,11 @@ fn unauthorized(detail: &str) -> HttpError {
 }
 
 /// The middleware: refuses before routing reaches a handler.
-pub async fn guard(State(policy): State<std::sync::Arc<CallerPolicy>>, req: Request, next: Next) -> Response {
+pub async fn guard(
+    State(policy): State<std::sync::Arc<CallerPolicy>>,
+    req: Request,
+    next: Next,
+) -> Response {
     match policy.check(req.method(), req.uri(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(refusal) => refusal.into_response(),
@@ -300,7 +304,13 @@ mod tests {
     #[test]
     fn a_rebound_or_look_alike_host_is_refused_and_loopback_names_pass() {
         let policy = CallerPolicy::new(Some("10.0.0.5".into()), &["gs-1.local".into()], None);
-        for ok in ["localhost:8080", "127.0.0.1", "[::1]:1", "10.0.0.5:8080", "GS-1.local"] {
+        for ok in [
+            "localhost:8080",
+            "127.0.0.1",
+            "[::1]:1",
+            "10.0.0.5:8080",
+            "GS-1.local",
+        ] {
             assert_eq!(check(&policy, &[("host", ok)]), Ok(()), "{ok}");
         }
         for bad in [
@@ -311,7 +321,11 @@ mod tests {
             "0.0.0.0",
             "a@localhost",
         ] {
-            assert_eq!(check(&policy, &[("host", bad)]), Err(StatusCode::FORBIDDEN), "{bad}");
+            assert_eq!(
+                check(&policy, &[("host", bad)]),
+                Err(StatusCode::FORBIDDEN),
+                "{bad}"
+            );
         }
         // HTTP/1.0 without Host passes this step.
         assert_eq!(check(&policy, &[]), Ok(()));
@@ -355,7 +369,10 @@ mod tests {
             vec![("origin", "http://127.0.0.1/x")],
             vec![("sec-fetch-site", "cross-site")],
             vec![("sec-fetch-site", "same-site")],
-            vec![("origin", "http://localhost"), ("sec-fetch-site", "cross-site")],
+            vec![
+                ("origin", "http://localhost"),
+                ("sec-fetch-site", "cross-site"),
+            ],
         ] {
             assert_eq!(check(&policy, &bad), Err(StatusCode::FORBIDDEN), "{bad:?}");
         }
@@ -366,7 +383,10 @@ mod tests {
         let token = ClientToken::new(&SecretString::new("t0ken"));
         let policy = CallerPolicy::new(Some("127.0.0.1".into()), &[], Some(token));
         assert_eq!(check(&policy, &[("authorization", "Bearer t0ken")]), Ok(()));
-        assert_eq!(check(&policy, &[("authorization", "bearer  t0ken ")]), Ok(()));
+        assert_eq!(
+            check(&policy, &[("authorization", "bearer  t0ken ")]),
+            Ok(())
+        );
         for bad in [
             vec![],
             vec![("authorization", "Bearer t0ke")],
@@ -375,7 +395,11 @@ mod tests {
             vec![("authorization", "t0ken")],
             vec![("authorization", "Bearer ")],
         ] {
-            assert_eq!(check(&policy, &bad), Err(StatusCode::UNAUTHORIZED), "{bad:?}");
+            assert_eq!(
+                check(&policy, &bad),
+                Err(StatusCode::UNAUTHORIZED),
+                "{bad:?}"
+            );
         }
         let none = HeaderMap::new();
         for (method, path, open) in [
@@ -386,7 +410,11 @@ mod tests {
             (Method::GET, "/metrics", false),
         ] {
             let uri: Uri = path.parse().unwrap();
-            assert_eq!(policy.check(&method, &uri, &none).is_ok(), open, "{method} {path}");
+            assert_eq!(
+                policy.check(&method, &uri, &none).is_ok(),
+                open,
+                "{method} {path}"
+            );
         }
     }
 
@@ -396,7 +424,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "  s3cret-token\n").unwrap();
-        for (mode, ok) in [(0o600, true), (0o640, true), (0o400, true), (0o644, false), (0o620, false), (0o602, false)] {
+        for (mode, ok) in [
+            (0o600, true),
+            (0o640, true),
+            (0o400, true),
+            (0o644, false),
+            (0o620, false),
+            (0o602, false),
+        ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             assert_eq!(ClientToken::load(&path).is_ok(), ok, "{mode:o}");
         }
@@ -405,7 +440,10 @@ mod tests {
         assert!(token.matches(b"s3cret-token") && !token.matches(b"s3cret-token\n"));
         assert!(!format!("{token:?}").contains("s3cret"));
         std::fs::write(&path, " \n").unwrap();
-        assert!(matches!(ClientToken::load(&path), Err(TokenFileError::Empty { .. })));
+        assert!(matches!(
+            ClientToken::load(&path),
+            Err(TokenFileError::Empty { .. })
+        ));
         assert!(matches!(
             ClientToken::load(&dir.path().join("missing")),
             Err(TokenFileError::Read { .. })

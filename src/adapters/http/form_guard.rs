@@ -187,7 +187,10 @@ impl<S> GuardedBody<S> {
         self.ended = true;
         let message = violation.to_string();
         *self.violation.lock().unwrap_or_else(|p| p.into_inner()) = Some(violation);
-        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, message))))
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            message,
+        ))))
     }
 }
 
@@ -247,7 +250,12 @@ mod tests {
 
     fn form(boundary: &str, data: &[u8]) -> Vec<u8> {
         let mut body = Vec::new();
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\nmodels\r\n").as_bytes());
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\nmodels\r\n"
+            )
+            .as_bytes(),
+        );
         body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"a\"\r\n\r\n").as_bytes());
         body.extend_from_slice(data);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());

@@ -112,7 +112,8 @@ async fn read_small_body_first(req: Request, next: Next) -> Response {
     match declared {
         Some(len) if len > 0 && len <= JSON_BODY_LIMIT => {
             let (parts, body) = req.into_parts();
-            match tokio::time::timeout(form_guard::BODY_IDLE, axum::body::to_bytes(body, len)).await {
+            match tokio::time::timeout(form_guard::BODY_IDLE, axum::body::to_bytes(body, len)).await
+            {
                 Ok(Ok(bytes)) => {
                     next.run(Request::from_parts(parts, Body::from(bytes)))
                         .await

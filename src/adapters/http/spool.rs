@@ -113,6 +113,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = crate::adapters::disk::free_bytes(dir.path()).unwrap();
         let mut spool = Spool::new_in(dir.path(), free + (1 << 40)).unwrap();
-        assert!(matches!(spool.write(b"abc").await, Err(SpoolError::NoRoom(_))));
+        assert!(matches!(
+            spool.write(b"abc").await,
+            Err(SpoolError::NoRoom(_))
+        ));
     }
 }

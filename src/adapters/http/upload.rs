@@ -42,7 +42,9 @@ fn form_error(e: multer::Error, violation: &ViolationSlot) -> HttpError {
         Some(v @ FormViolation::TooLarge(_)) => {
             HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, v.to_string())
         }
-        Some(v @ FormViolation::Idle(_)) => HttpError::new(StatusCode::REQUEST_TIMEOUT, v.to_string()),
+        Some(v @ FormViolation::Idle(_)) => {
+            HttpError::new(StatusCode::REQUEST_TIMEOUT, v.to_string())
+        }
         Some(v) => bad(format!("malformed multipart body: {v}")),
         None => match e {
             multer::Error::UnknownField { field_name } => bad(format!(
@@ -83,7 +85,9 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 fn no_room(floor: u64) -> HttpError {
     HttpError::new(
         StatusCode::INSUFFICIENT_STORAGE,
-        format!("no room for this upload: it would leave less than {floor} bytes free (MODEL_CACHE_MIN_FREE_BYTES)"),
+        format!(
+            "no room for this upload: it would leave less than {floor} bytes free (MODEL_CACHE_MIN_FREE_BYTES)"
+        ),
     )
 }
 

@@ -323,7 +323,9 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
 /// process holds decrypted models and keys in memory (PROTOCOL §5.3).
 fn harden_process() {
     #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
         tracing::warn!("cannot turn core dumps off: {e}");
     }
 }
@@ -331,8 +333,8 @@ fn harden_process() {
 /// §5.3: the password travels to the Resource API, so `http://` is allowed
 /// only to a loopback host unless the operator says otherwise.
 pub fn check_resource_api_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| format!("RESOURCE_API_URL is not a URL ({e})"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("RESOURCE_API_URL is not a URL ({e})"))?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -352,7 +354,9 @@ pub fn check_resource_api_url(url: &str, allow_insecure_http: bool) -> Result<()
                 ))
             }
         }
-        other => Err(format!("RESOURCE_API_URL must be http:// or https://, not {other}://")),
+        other => Err(format!(
+            "RESOURCE_API_URL must be http:// or https://, not {other}://"
+        )),
     }
 }
 

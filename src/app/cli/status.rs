@@ -79,12 +79,18 @@ pub fn endpoint(
         }
         (None, Listen::Unix(path)) => {
             builder = builder.unix_socket(path.clone());
-            ("http://localhost".to_owned(), format!("unix:{}", path.display()))
+            (
+                "http://localhost".to_owned(),
+                format!("unix:{}", path.display()),
+            )
         }
     };
     if let Some(path) = token_file {
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            CliError::Usage(format!("cannot read the token file {}: {e}", path.display()))
+            CliError::Usage(format!(
+                "cannot read the token file {}: {e}",
+                path.display()
+            ))
         })?);
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", text.trim()))
             .map_err(|_| {
