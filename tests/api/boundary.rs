@@ -481,3 +481,52 @@ async fn a_slow_body_is_cut_off_after_30_s_and_stores_nothing() {
 }
 
 use futures::StreamExt;
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_cut_off_after_60_s_and_frees_its_slot() {
+    let app = TestApp::spawn_with(|c| c.limits.max_transfers = 1).await;
+    app.login().await;
+    app.seed(FOLDER, "stuck.bin", &pattern(48 << 20, 1));
+    app.seed(FOLDER, "after.bin", &pattern(5000, 2));
+    // Reads the head of the answer, then nothing.
+    let stuck = app.load("stuck.bin", FOLDER).await;
+    assert_eq!(stuck.status(), 200);
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    // The loader gave the connection up, and with it the only transfer slot.
+    let r = app.load("after.bin", FOLDER).await;
+    assert_eq!(r.status(), 200, "the stuck reader still holds the slot");
+    assert!(
+        stuck.bytes().await.is_err(),
+        "the stuck download was not cut off"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_until_one_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(|c| c.limits.max_connections = 1).await;
+    app.login().await;
+    app.seed(FOLDER, "long.bin", &pattern(48 << 20, 3));
+    let held = app.load("long.bin", FOLDER).await;
+    assert_eq!(held.status(), 200);
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    second
+        .write_all(
+            format!("GET /health HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a second connection was served past the cap"
+    );
+    drop(held);
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("served once the first connection ended")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
