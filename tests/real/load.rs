@@ -79,7 +79,7 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
         .await
         .unwrap();
     assert_eq!(warm.status(), 200);
-    assert_eq!(Sha256::digest(&warm.bytes().await.unwrap()), digest);
+    assert_eq!(Sha256::digest(warm.bytes().await.unwrap()), digest);
     let pid = loader.child.id();
     let counts = Arc::new(Counts::default());
     let client = reqwest::Client::builder()

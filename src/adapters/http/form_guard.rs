@@ -159,8 +159,7 @@ pub struct GuardedBody<S> {
     scanner: FormScanner,
     max_bytes: u64,
     seen: u64,
-    idle: Duration,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    clock: super::write_idle::IdleClock,
     violation: ViolationSlot,
     ended: bool,
 }
@@ -174,8 +173,7 @@ impl<S> GuardedBody<S> {
                 scanner: FormScanner::new(boundary),
                 max_bytes,
                 seen: 0,
-                idle,
-                deadline: None,
+                clock: super::write_idle::IdleClock::new(idle),
                 violation: violation.clone(),
                 ended: false,
             },
@@ -208,7 +206,7 @@ where
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                this.deadline = None;
+                this.clock.reset();
                 this.seen += chunk.len() as u64;
                 if this.seen > this.max_bytes {
                     return this.cut(FormViolation::TooLarge(this.max_bytes));
@@ -229,11 +227,8 @@ where
             Poll::Pending => {
                 // The clock runs only while the body is waited for: a slow
                 // consumer (the CDN) is not the client's fault.
-                let idle = this.idle;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if deadline.as_mut().poll(cx).is_ready() {
+                if this.clock.expired(cx) {
+                    let idle = this.clock.idle();
                     return this.cut(FormViolation::Idle(idle));
                 }
                 Poll::Pending

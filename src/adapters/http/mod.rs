@@ -144,14 +144,14 @@ async fn idle_bodies(req: Request) -> Request {
     let stream = body.into_data_stream();
     let idle = IdleBody {
         inner: stream,
-        deadline: None,
+        clock: write_idle::IdleClock::new(form_guard::BODY_IDLE),
     };
     Request::from_parts(parts, Body::from_stream(idle))
 }
 
 struct IdleBody<S> {
     inner: S,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    clock: write_idle::IdleClock,
 }
 
 impl<S> futures::Stream for IdleBody<S>
@@ -168,21 +168,14 @@ where
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(item) => {
-                this.deadline = None;
+                this.clock.reset();
                 Poll::Ready(item.map(|r| r.map_err(std::io::Error::other)))
             }
-            Poll::Pending => {
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(form_guard::BODY_IDLE)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client sent nothing for 30 s",
-                    ))));
-                }
-                Poll::Pending
-            }
+            Poll::Pending if this.clock.expired(cx) => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client sent nothing for 30 s",
+            )))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

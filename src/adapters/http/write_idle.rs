@@ -14,18 +14,56 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// How long a write may wait for the client to read.
 pub const RESPONSE_WRITE_IDLE: Duration = Duration::from_secs(60);
 
-pub struct WriteIdle<T> {
-    inner: T,
+/// A clock that runs only while something waits: started by the first
+/// `Pending` after progress, stopped by progress. Shared by the write side
+/// here and the request-body guards.
+pub struct IdleClock {
     idle: Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleClock {
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            idle,
+            deadline: None,
+        }
+    }
+
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// Progress was made: the clock stops.
+    pub fn reset(&mut self) {
+        self.deadline = None;
+    }
+
+    /// Still waiting: starts the clock if it is stopped; true once it ran out
+    /// (the waker is registered until then).
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.idle;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            self.deadline = None;
+            return true;
+        }
+        false
+    }
+}
+
+pub struct WriteIdle<T> {
+    inner: T,
+    clock: IdleClock,
 }
 
 impl<T> WriteIdle<T> {
     pub fn new(inner: T, idle: Duration) -> Self {
         Self {
             inner,
-            idle,
-            deadline: None,
+            clock: IdleClock::new(idle),
         }
     }
 
@@ -34,23 +72,17 @@ impl<T> WriteIdle<T> {
     fn watch<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         match poll {
             Poll::Ready(result) => {
-                self.deadline = None;
+                self.clock.reset();
                 Poll::Ready(result)
             }
-            Poll::Pending => {
-                let idle = self.idle;
-                let deadline = self
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    self.deadline = None;
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the client read nothing for {} s", idle.as_secs()),
-                    )));
-                }
-                Poll::Pending
-            }
+            Poll::Pending if self.clock.expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing for {} s",
+                    self.clock.idle().as_secs()
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
