@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""Measures two §5.3 figures against a running `azaion-loader serve` binary:
+"""Measures two §5.3 figures of a loader binary, run as its `dev` stack
+(loader, Resource API emulator, S3) with all its data on a tmpfs:
 
-1. flood: peak RSS growth (VmHWM) of the loader while a client sends 256 MiB
-   of `multipart/form-data; boundary=X` holding no boundary;
-2. spool: the most free space a data-first upload (192 MiB) takes from the
+1. spool: the most free space a data-first upload (192 MiB) takes from the
    cache's file system before login (statvfs, polled every 5 ms; an unnamed
-   spool file shows there too).
+   spool file shows there too);
+2. flood: after the demo login, the peak RSS growth (VmHWM) of the loader
+   while a client sends 256 MiB of `multipart/form-data; boundary=X` holding
+   no boundary.
 
-    scripts/bench/boundary.py target/release/azaion-loader
+    scripts/bench/boundary.py OLD_BINARY NEW_BINARY ...   # one run, side by side
 
-Needs root for the tmpfs that holds the cache (so that nothing else on the
-machine moves the free-space figure). Prints one line per figure.
+Needs root for the tmpfs (so that nothing else on the machine moves the
+free-space figure). Prints one line per figure and binary.
 """
 import os, re, socket, subprocess, sys, tempfile, threading, time
 
@@ -25,16 +27,36 @@ def free_bytes(path):
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
-def start(binary, cache):
-    env = dict(os.environ, LOADER_LISTEN="127.0.0.1:0", RESOURCE_API_URL="http://127.0.0.1:9",
-               MODEL_CACHE_DIR=cache, MODEL_CACHE_MIN_FREE_BYTES="0", RUST_LOG="info")
-    p = subprocess.Popen([binary, "serve"], env=env, stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:
-        m = re.search(r"listening on http://([0-9.]+):(\d+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-            return p, (m.group(1), int(m.group(2)))
-    raise RuntimeError("the loader did not start")
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def request(addr, raw):
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(raw)
+        return s.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+
+def start(binary, data):
+    port = free_port()
+    p = subprocess.Popen([binary, "dev", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    addr = ("127.0.0.1", port)
+    for _ in range(600):
+        try:
+            if " 200 " in request(addr, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n") + " ":
+                # The loader is the dev command's own process.
+                return p, addr
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the dev stack did not start")
+
+def login(addr):
+    body = b'{"email":"demo@azaion.local","password":"demo-password"}'
+    line = request(addr, b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    assert " 200 " in line + " ", line
 
 def send(addr, head, body_len, first=b"", fill=b"A"):
     s = socket.create_connection(addr)
@@ -62,12 +84,28 @@ def send(addr, head, body_len, first=b"", fill=b"A"):
     first_line = (answer[0].split(b"\r\n", 1)[0] if answer else b"(no answer)").decode(errors="replace")
     return sent, first_line
 
-def main():
-    binary = sys.argv[1]
-    mnt = tempfile.mkdtemp(prefix="azaion-bench-")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", mnt], check=True)
+def measure(binary, mnt):
+    p, addr = start(binary, os.path.join(mnt, "stack"))
     try:
-        p, addr = start(binary, os.path.join(mnt, "cache"))
+        # Data first, folder last, before any login.
+        size = 192 << 20
+        pre = b"--B\r\nContent-Disposition: form-data; name=\"data\"; filename=\"x\"\r\n\r\n"
+        post = b"\r\n--B\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\nmodels\r\n--B--\r\n"
+        total = len(pre) + size + len(post)
+        head = (f"POST /upload/spool.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {total}\r\n\r\n").encode()
+        start_free = free_bytes(mnt)
+        lowest = [start_free]
+        done = threading.Event()
+        def watch():
+            while not done.is_set():
+                lowest[0] = min(lowest[0], free_bytes(mnt)); time.sleep(0.005)
+        w = threading.Thread(target=watch, daemon=True); w.start()
+        sent, line = send(addr, head, size, first=pre, fill=b"\x07")
+        done.set(); w.join()
+        print(f"{binary}: spool: {line!r} after {sent >> 20} MiB sent; free space fell by at most "
+              f"{(start_free - lowest[0]) / (1 << 20):.1f} MiB", flush=True)
+        login(addr)
         time.sleep(0.3)
         before = vm_hwm_kib(p.pid)
         size = 256 << 20
@@ -75,31 +113,19 @@ def main():
                 f"Content-Type: multipart/form-data; boundary=X\r\nContent-Length: {size}\r\n\r\n").encode()
         sent, line = send(addr, head, size)
         after = vm_hwm_kib(p.pid)
-        print(f"flood: {line!r} after {sent >> 20} MiB sent; VmHWM {before} -> {after} KiB, "
-              f"growth {(after - before) / 1024:.1f} MiB")
-        # Data first, folder last, no login.
-        size = 192 << 20
-        pre = b"--B\r\nContent-Disposition: form-data; name=\"data\"; filename=\"x\"\r\n\r\n"
-        post = b"\r\n--B\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\nmodels\r\n--B--\r\n"
-        total = len(pre) + size + len(post)
-        head = (f"POST /upload/spool.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {total}\r\n\r\n").encode()
-        cache = os.path.join(mnt, "cache")
-        os.makedirs(cache, exist_ok=True)
-        start_free = free_bytes(cache)
-        lowest = [start_free]
-        done = threading.Event()
-        def watch():
-            while not done.is_set():
-                lowest[0] = min(lowest[0], free_bytes(cache)); time.sleep(0.005)
-        w = threading.Thread(target=watch, daemon=True); w.start()
-        sent, line = send(addr, head, size, first=pre, fill=b"\x07")
-        done.set(); w.join()
-        print(f"spool: {line!r} after {sent >> 20} MiB sent; free space fell by at most "
-              f"{(start_free - lowest[0]) / (1 << 20):.1f} MiB")
-        p.kill(); p.wait()
+        print(f"{binary}: flood (logged in): {line!r} after {sent >> 20} MiB sent; VmHWM {before} -> {after} KiB, "
+              f"growth {(after - before) / 1024:.1f} MiB", flush=True)
     finally:
-        subprocess.run(["umount", mnt]); os.rmdir(mnt)
+        p.kill(); p.wait()
+
+def main():
+    for binary in sys.argv[1:]:
+        mnt = tempfile.mkdtemp(prefix="azaion-bench-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", mnt], check=True)
+        try:
+            measure(binary, mnt)
+        finally:
+            subprocess.run(["umount", "-l", mnt]); os.rmdir(mnt)
 
 if __name__ == "__main__":
     main()

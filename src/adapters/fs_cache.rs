@@ -798,6 +798,10 @@ impl BigPartCache for FsBigPartCache {
             pending_len: 0,
             record: RecordBuilder::new(*small_digest),
             oversized: false,
+            floor: crate::adapters::disk::FreeSpaceFloor::new(
+                &self.shared.root,
+                self.shared.min_free_bytes,
+            ),
         }))
     }
 
@@ -861,6 +865,8 @@ struct FsCacheWriter {
     record: RecordBuilder,
     /// Outgrew the size limit: counted from then on, never stored.
     oversized: bool,
+    /// The free space this entry's writes leave on the file system.
+    floor: crate::adapters::disk::FreeSpaceFloor,
 }
 
 impl FsCacheWriter {
@@ -950,9 +956,8 @@ impl CacheWriter for FsCacheWriter {
         if chunk.is_empty() {
             return Ok(());
         }
-        let more = (self.pending_len + chunk.len()) as u64;
-        let floor = self.shared.min_free_bytes;
-        if !crate::adapters::disk::room_for(&self.shared.root, more, floor).unwrap_or(false) {
+        if !self.floor.reserve(chunk.len() as u64).unwrap_or(false) {
+            let floor = self.floor.floor();
             // Dropping the writer deletes the temporary file.
             self.pending.clear();
             self.pending_len = 0;

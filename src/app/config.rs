@@ -485,7 +485,8 @@ impl FileSettings {
                     settings.images_path = Some(base.join(text));
                 }
                 "images" => {
-                    settings.images = Some(as_image_list(value).map_err(bad)?);
+                    settings.images =
+                        Some(as_string_list(value, "\"repository:tag\" strings").map_err(bad)?);
                 }
                 "docker_host" => {
                     let text = as_str(value).map_err(bad)?;
@@ -515,7 +516,7 @@ impl FileSettings {
                 }
                 "allowed_hosts" => {
                     settings.allowed_hosts = Some(
-                        as_image_list(value)
+                        as_string_list(value, "host names")
                             .map_err(bad)?
                             .iter()
                             .flat_map(|h| parse_host_list(h))
@@ -608,13 +609,13 @@ fn as_within(value: &toml::Value, (low, high): (u64, u64)) -> Result<u64, String
 }
 
 /// A list of strings, or one comma-separated string like `LOADER_IMAGES`.
-fn as_image_list(value: &toml::Value) -> Result<Vec<String>, String> {
+fn as_string_list(value: &toml::Value, what: &str) -> Result<Vec<String>, String> {
     if let Some(text) = value.as_str() {
         return Ok(parse_image_list(text));
     }
     let items = value.as_array().ok_or_else(|| {
         format!(
-            "expected a list of \"repository:tag\" strings or one comma-separated string, found {}",
+            "expected a list of {what} or one comma-separated string, found {}",
             type_name(value)
         )
     })?;

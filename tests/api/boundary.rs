@@ -8,7 +8,7 @@ use std::time::Duration;
 use azaion_loader::adapters::fakes::FakeRoute;
 use serde_json::json;
 
-use crate::support::{FOLDER, TestApp, pattern};
+use crate::support::{FOLDER, TestApp, files_under, pattern};
 
 /// Every route, with a body each accepts.
 fn routes() -> Vec<(&'static str, &'static str, Option<serde_json::Value>)> {
@@ -80,12 +80,7 @@ fn assert_no_upstream_calls(app: &TestApp) {
 async fn assert_session_untouched(app: &TestApp) {
     let status = TestApp::json(app.get("/status").await).await;
     assert_eq!(status["authenticated"], true, "{status}");
-    let r = app.load("model.bin", FOLDER).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.bytes().await.unwrap().as_ref(),
-        pattern(5000, 3).as_slice()
-    );
+    assert_eq!(app.load_bytes("model.bin", FOLDER).await, pattern(5000, 3));
 }
 
 #[tokio::test]
@@ -274,22 +269,6 @@ async fn post_raw(
         .expect("request")
 }
 
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                found.push(p);
-            }
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn an_upload_before_login_is_refused_before_its_body_is_read() {
     let app = TestApp::spawn().await;
@@ -297,10 +276,17 @@ async fn an_upload_before_login_is_refused_before_its_body_is_read() {
         .raw_post(
             "/upload/early.bin",
             &[("content-type", "multipart/form-data; boundary=B")],
-            data_first("B", &pattern(4 << 20, 1)),
+            data_first("B", &pattern(64 << 20, 1)),
         )
         .await;
     assert_eq!(r.status, 401, "{}", r.body);
+    // Answered while most of the body was still unsent: the loader read
+    // none of it (an unnamed spool would not show among the files below).
+    assert!(
+        r.sent_at_answer < 32 << 20,
+        "answered after {} MiB of 64 were sent",
+        r.sent_at_answer >> 20
+    );
     assert_eq!(app.store.puts(), 0);
     assert!(
         files_under(app.dir.path()).is_empty(),
@@ -451,12 +437,7 @@ async fn a_transfer_storm_waits_for_a_slot_then_gets_503_with_retry_after() {
     assert_eq!(app.load("cached.bin", FOLDER).await.status(), 200);
     // The held download ends: its slot is free again.
     assert_eq!(held.bytes().await.unwrap().len(), 48 << 20);
-    let r = app.load("next.bin", FOLDER).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.bytes().await.unwrap().as_ref(),
-        pattern(5000, 7).as_slice()
-    );
+    assert_eq!(app.load_bytes("next.bin", FOLDER).await, pattern(5000, 7));
 }
 
 #[tokio::test]
@@ -488,8 +469,15 @@ async fn a_reader_that_stops_reading_is_cut_off_after_60_s_and_frees_its_slot() 
     app.login().await;
     app.seed(FOLDER, "stuck.bin", &pattern(48 << 20, 1));
     app.seed(FOLDER, "after.bin", &pattern(5000, 2));
-    // Reads the head of the answer, then nothing.
-    let stuck = app.load("stuck.bin", FOLDER).await;
+    // Reads the head of the answer, then nothing. Its own client has no
+    // overall timeout, so only the loader can cut this download short.
+    let patient = reqwest::Client::new();
+    let stuck = patient
+        .post(app.url("/load/stuck.bin"))
+        .json(&json!({"filename": "stuck.bin", "folder": FOLDER}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stuck.status(), 200);
     tokio::time::sleep(Duration::from_secs(65)).await;
     // The loader gave the connection up, and with it the only transfer slot.

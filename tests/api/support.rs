@@ -206,26 +206,38 @@ impl TestApp {
 
     /// Files under the test folder outside the cache folder (nothing should be written there).
     pub fn files_outside_cache(&self) -> Vec<std::path::PathBuf> {
-        let mut found = Vec::new();
-        let mut stack = vec![self.dir.path().to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.starts_with(&self.config.model_cache_dir) {
-                    continue;
-                }
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    found.push(path);
-                }
+        files_under(self.dir.path())
+            .into_iter()
+            .filter(|path| !path.starts_with(&self.config.model_cache_dir))
+            .collect()
+    }
+
+    /// Loads a resource, insisting on a 200, and returns its bytes.
+    pub async fn load_bytes(&self, name: &str, folder: &str) -> Vec<u8> {
+        let r = self.load(name, folder).await;
+        assert_eq!(r.status(), 200, "load {folder}/{name}");
+        r.bytes().await.expect("load body").to_vec()
+    }
+}
+
+/// Every file below `dir`, at any depth (an unreadable folder counts as empty).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
             }
         }
-        found
     }
+    found
 }
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -238,6 +250,8 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 pub struct RawResponse {
     pub status: u16,
     pub body: String,
+    /// Body bytes the client had handed to its socket when the answer's first byte came.
+    pub sent_at_answer: usize,
 }
 
 impl TestApp {
@@ -265,6 +279,8 @@ impl TestApp {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = sent.clone();
         let writer = tokio::spawn(async move {
             if write.write_all(head.as_bytes()).await.is_err() {
                 return;
@@ -273,15 +289,21 @@ impl TestApp {
                 if write.write_all(chunk).await.is_err() {
                     return;
                 }
+                counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
             }
         });
+        let mut sent_at_answer = None;
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         let read_all = async {
             loop {
                 match read.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        sent_at_answer
+                            .get_or_insert(sent.load(std::sync::atomic::Ordering::Relaxed));
+                        got.extend_from_slice(&buf[..n]);
+                    }
                 }
             }
         };
@@ -299,6 +321,7 @@ impl TestApp {
         RawResponse {
             status,
             body: body.to_owned(),
+            sent_at_answer: sent_at_answer.unwrap_or(0),
         }
     }
 }

@@ -17,7 +17,7 @@ use azaion_loader::app::dev::{self, DEMO_FOLDER, DEMO_RESOURCE};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::e2e::Loader;
+use crate::e2e::{Loader, files_under};
 
 const MIB: u64 = 1 << 20;
 
@@ -212,7 +212,37 @@ async fn a_boundary_less_flood_is_answered_early_and_grows_memory_by_less_than_3
     assert!(growth_mib < 32.0, "peak RSS grew by {growth_mib:.1} MiB");
 }
 
-/// A data-first form of `len` bytes of data.
+/// The loader with its cache on a tmpfs, the dev peers beside it.
+struct OnTmpfs {
+    loader: Loader,
+    cache: PathBuf,
+    _peers: Arc<dev::DevPeers>,
+    _dir: tempfile::TempDir,
+}
+
+impl OnTmpfs {
+    async fn spawn(fs: &Tmpfs, min_free_bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = dev::peers_in(dir.path()).await.unwrap();
+        let cache = fs.0.join("cache");
+        let loader = Loader::spawn(
+            &peers.emulator.base_url(),
+            dir.path(),
+            &[
+                ("MODEL_CACHE_DIR", cache.to_str().unwrap()),
+                ("MODEL_CACHE_MIN_FREE_BYTES", &min_free_bytes.to_string()),
+            ],
+        );
+        Self {
+            loader,
+            cache,
+            _peers: peers,
+            _dir: dir,
+        }
+    }
+}
+
+/// The head of a form whose data comes before its folder.
 fn data_first_head() -> Vec<u8> {
     b"--B\r\nContent-Disposition: form-data; name=\"data\"; filename=\"x\"\r\n\r\n".to_vec()
 }
@@ -220,17 +250,8 @@ fn data_first_head() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_first_upload_before_login_takes_no_disk_space() {
     let Some(fs) = Tmpfs::mount(512) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let peers = dev::peers_in(dir.path()).await.unwrap();
-    let cache = fs.0.join("cache");
-    let loader = Loader::spawn(
-        &peers.emulator.base_url(),
-        dir.path(),
-        &[
-            ("MODEL_CACHE_DIR", cache.to_str().unwrap()),
-            ("MODEL_CACHE_MIN_FREE_BYTES", "0"),
-        ],
-    );
+    let stack = OnTmpfs::spawn(&fs, 0).await;
+    let loader = &stack.loader;
     let start_free = free_bytes(&fs.0);
     let lowest = Arc::new(AtomicU64::new(start_free));
     let done = Arc::new(AtomicBool::new(false));
@@ -270,17 +291,8 @@ async fn a_data_first_upload_before_login_takes_no_disk_space() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_fill_upload_gets_507_and_gives_every_byte_back() {
     let Some(fs) = Tmpfs::mount(512) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let peers = dev::peers_in(dir.path()).await.unwrap();
-    let cache = fs.0.join("cache");
-    let loader = Loader::spawn(
-        &peers.emulator.base_url(),
-        dir.path(),
-        &[
-            ("MODEL_CACHE_DIR", cache.to_str().unwrap()),
-            ("MODEL_CACHE_MIN_FREE_BYTES", &(600 * MIB).to_string()),
-        ],
-    );
+    let stack = OnTmpfs::spawn(&fs, 600 * MIB).await;
+    let (loader, cache) = (&stack.loader, &stack.cache);
     loader.login().await;
     let start_free = free_bytes(&fs.0);
     // Chunked, data first: only the spool's writes can see the floor.
@@ -305,16 +317,10 @@ async fn a_disk_fill_upload_gets_507_and_gives_every_byte_back() {
         start_free.abs_diff(end_free) < 8 * MIB,
         "{start_free} -> {end_free}"
     );
-    let leftovers = walk(&cache);
+    let leftovers = files_under(cache);
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // A load that would cross the floor still streams, uncached.
-    let r = loader
-        .client
-        .post(loader.url(&format!("/load/{DEMO_RESOURCE}")))
-        .json(&json!({"folder": DEMO_FOLDER}))
-        .send()
-        .await
-        .unwrap();
+    let r = loader.load(DEMO_FOLDER, DEMO_RESOURCE).await;
     assert_eq!(r.status(), 200);
     assert!(
         r.text()
@@ -322,24 +328,8 @@ async fn a_disk_fill_upload_gets_507_and_gives_every_byte_back() {
             .unwrap()
             .starts_with("Hello from Azaion Loader")
     );
-    let cached: Vec<_> = walk(&cache);
+    let cached: Vec<_> = files_under(cache);
     assert!(cached.is_empty(), "cached past the floor: {cached:?}");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                found.push(p);
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,26 +13,15 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::e2e::{Loader, pattern};
+use crate::e2e::{Loader, files_under, pattern};
 
 /// Every file under the cache: none may be a temporary left by a crash, and
 /// every entry must still load byte-exact.
 fn cache_files(cache: &Path) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut stack = vec![cache.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                names.push(path.strip_prefix(cache).unwrap().display().to_string());
-            }
-        }
-    }
+    let mut names: Vec<String> = files_under(cache)
+        .iter()
+        .map(|path| path.strip_prefix(cache).unwrap().display().to_string())
+        .collect();
     names.sort();
     names
 }
@@ -218,19 +207,13 @@ async fn kill_9_during_an_unlock_then_a_restart_starts_idle_with_no_plaintext_le
         .await
         .unwrap();
     assert_eq!(v["state"], "idle");
-    let mut stack = vec![dir.path().to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                assert!(
-                    !bytes.windows(marker.len()).any(|w| w == marker),
-                    "plaintext in {}",
-                    p.display()
-                );
-            }
+    for p in files_under(dir.path()) {
+        if let Ok(bytes) = std::fs::read(&p) {
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker),
+                "plaintext in {}",
+                p.display()
+            );
         }
     }
 }

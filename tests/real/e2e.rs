@@ -81,6 +81,16 @@ impl Loader {
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
 
+    /// `POST /load/{name}` of `folder`.
+    pub async fn load(&self, folder: &str, name: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/load/{name}")))
+            .json(&json!({"folder": folder}))
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Peak resident memory of the loader process (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -91,6 +101,26 @@ impl Loader {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// Every file below `dir`, at any depth (an unreadable folder counts as empty).
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// Deterministic pseudo-random bytes (xorshift), different for each `seed`.
@@ -190,13 +220,7 @@ async fn resources_of_every_size_round_trip_byte_exact_through_the_real_stack() 
     loader.login().await;
 
     // The seeded demo resource comes through the API's per-user small part and S3.
-    let r = loader
-        .client
-        .post(loader.url(&format!("/load/{DEMO_RESOURCE}")))
-        .json(&json!({"folder": DEMO_FOLDER}))
-        .send()
-        .await
-        .unwrap();
+    let r = loader.load(DEMO_FOLDER, DEMO_RESOURCE).await;
     assert_eq!(r.status(), 200);
     assert!(
         r.text()

@@ -5,10 +5,11 @@
 //! takes the file system's free space under its floor (PROTOCOL §5.3).
 
 use std::io::SeekFrom;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use crate::adapters::disk::FreeSpaceFloor;
 use crate::domain::cipher::{Decryptor, Encryptor};
 use crate::domain::keys::AesKey;
 use crate::ports::ByteStream;
@@ -26,8 +27,7 @@ pub enum SpoolError {
 
 pub struct Spool {
     file: tokio::fs::File,
-    dir: PathBuf,
-    min_free_bytes: u64,
+    floor: FreeSpaceFloor,
     key: AesKey,
     encryptor: Encryptor,
     buf: Vec<u8>,
@@ -47,17 +47,16 @@ impl Spool {
             encryptor: Encryptor::new(&key, iv),
             key,
             file,
-            dir: dir.to_path_buf(),
-            min_free_bytes,
+            floor: FreeSpaceFloor::new(dir, min_free_bytes),
             buf: Vec::with_capacity(CHUNK + 32),
             written: 0,
         })
     }
 
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
-        let more = chunk.len() as u64 + 16;
-        if !crate::adapters::disk::room_for(&self.dir, more, self.min_free_bytes)? {
-            return Err(SpoolError::NoRoom(self.min_free_bytes));
+        // The ciphertext is at most one block longer than the chunk.
+        if !self.floor.reserve(chunk.len() as u64 + 16)? {
+            return Err(SpoolError::NoRoom(self.floor.floor()));
         }
         self.buf.clear();
         self.encryptor.update(chunk, &mut self.buf);
