@@ -743,6 +743,7 @@ impl BigPartCache for FsBigPartCache {
                 identity,
                 tail,
             } => CacheLookup::Hit(ObjectBody {
+                small_sha256: None,
                 len: record.big_len,
                 version: None,
                 tail: Some(tail),

@@ -228,14 +228,34 @@ impl ObjectStore for S3ObjectStore {
         Ok(body)
     }
 
-    async fn put(&self, bucket: &Folder, key: &str, body: ByteStream) -> Result<(), StoreError> {
+    async fn put_tagged(
+        &self,
+        bucket: &Folder,
+        key: &str,
+        body: ByteStream,
+        small_sha256: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut parts = PartReader::new(body, self.part_size);
         let (first, last) = parts.next_part().await.map_err(body_failed)?;
         if last {
-            return self.put_single(bucket, key, first).await;
+            return self.put_single(bucket, key, first, small_sha256).await;
         }
-        self.put_multipart(bucket, key, first, parts).await
+        self.put_multipart(bucket, key, first, parts, small_sha256)
+            .await
     }
+}
+
+/// The user metadata key of PROTOCOL §5.4 (S3 sends it as `x-amz-meta-small-sha256`).
+const SMALL_SHA256: &str = "small-sha256";
+
+fn metadata_of(small_sha256: Option<&str>) -> Option<std::collections::HashMap<String, String>> {
+    small_sha256.map(|tag| [(SMALL_SHA256.to_owned(), tag.to_owned())].into())
+}
+
+fn small_sha256_of(metadata: Option<&std::collections::HashMap<String, String>>) -> Option<String> {
+    metadata?
+        .get(SMALL_SHA256)
+        .map(|tag| tag.trim().to_ascii_lowercase())
 }
 
 impl S3ObjectStore {
@@ -257,6 +277,7 @@ impl S3ObjectStore {
         Ok(ObjectBody {
             len,
             version: output.e_tag().map(str::to_owned),
+            small_sha256: small_sha256_of(output.metadata()),
             tail: None,
             stream: body_stream(output.body, self.read_timeout),
         })
@@ -284,6 +305,7 @@ impl S3ObjectStore {
             Ok(ObjectBody {
                 len: 0,
                 version: head.e_tag().map(str::to_owned),
+                small_sha256: small_sha256_of(head.metadata()),
                 tail: None,
                 stream: Box::pin(futures::stream::empty()),
             })
@@ -294,11 +316,18 @@ impl S3ObjectStore {
         }
     }
 
-    async fn put_single(&self, bucket: &Folder, key: &str, body: Bytes) -> Result<(), StoreError> {
+    async fn put_single(
+        &self,
+        bucket: &Folder,
+        key: &str,
+        body: Bytes,
+        small_sha256: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.uploader
             .put_object()
             .bucket(bucket.as_str())
             .key(key)
+            .set_metadata(metadata_of(small_sha256))
             .content_length(len_i64(body.len()))
             .body(SdkByteStream::from(body))
             .send()
@@ -313,12 +342,14 @@ impl S3ObjectStore {
         key: &str,
         first: Bytes,
         mut parts: PartReader,
+        small_sha256: Option<&str>,
     ) -> Result<(), StoreError> {
         let created = self
             .uploader
             .create_multipart_upload()
             .bucket(bucket.as_str())
             .key(key)
+            .set_metadata(metadata_of(small_sha256))
             .send()
             .await
             .map_err(|err| Failure::from_sdk(err).into_store_error(Op::Put, bucket, key))?;

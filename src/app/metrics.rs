@@ -648,17 +648,18 @@ impl ObjectStore for MeteredObjectStore {
             .await
     }
 
-    async fn put(
+    async fn put_tagged(
         &self,
         bucket: &Folder,
         key: &str,
         body: crate::ports::ByteStream,
+        small_sha256: Option<&str>,
     ) -> Result<(), StoreError> {
         timed(
             &self.metrics,
             UpstreamCall::CdnPut,
             store_error_kind,
-            self.inner.put(bucket, key, body),
+            self.inner.put_tagged(bucket, key, body, small_sha256),
         )
         .await
     }

@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::ranged::{CdnReads, parallel_body};
 use super::session::{CallError, Session, SessionService};
-use crate::domain::cache_record::small_part_digest;
+use crate::domain::cache_record::{small_part_digest, small_sha256_hex};
 use crate::domain::cipher::{Decryptor, Encryptor, decrypt};
 use crate::domain::keys::{AesKey, resource_key};
 use crate::domain::names::{Folder, ResourceName};
@@ -53,6 +53,11 @@ pub enum LoadError {
     Cdn(StoreError),
     #[error(transparent)]
     Busy(#[from] TransfersBusy),
+    /// §5.4: the CDN's big part belongs to another upload than the API's small part.
+    #[error(
+        "{0} is being replaced, or its last upload failed: its parts belong to different uploads"
+    )]
+    Mismatched(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,10 @@ pub enum UploadError {
     NoSuchBucket(String),
     #[error("the upload body could not be read: {0}")]
     BadBody(String),
+    /// The big part is stored, the small part is not: the resource now
+    /// answers 409 until it is uploaded again (§5.4).
+    #[error("the big part was stored but the small part was not ({0}): upload the resource again")]
+    SmallPart(CallError),
     #[error(transparent)]
     Cdn(StoreError),
 }
@@ -139,13 +148,13 @@ impl ResourceService {
         &self.cache
     }
 
-    /// F2: small part from the API, big part from the cache when it belongs with
-    /// that small part and is intact, else from the CDN (filling the cache).
-    pub async fn download(
+    /// The small part of `folder/name` from the API, decrypted with this
+    /// user's key, and the session that fetched it.
+    async fn small_part(
         &self,
         folder: &Folder,
         name: &ResourceName,
-    ) -> Result<Download, LoadError> {
+    ) -> Result<(Bytes, Arc<Session>), LoadError> {
         let small_name = name.small_part_name();
         let api = self.session.api().clone();
         let (small_wire, session) = self
@@ -174,7 +183,18 @@ impl ResourceService {
             decrypt(&session.api_key, &small_wire)
                 .map_err(|_| LoadError::SmallPartUndecryptable)?,
         );
-        let digest = small_part_digest(&small);
+        Ok((small, session))
+    }
+
+    /// F2: small part from the API, big part from the cache when it belongs with
+    /// that small part and is intact, else from the CDN (filling the cache).
+    pub async fn download(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+    ) -> Result<Download, LoadError> {
+        let (mut small, session) = self.small_part(folder, name).await?;
+        let mut digest = small_part_digest(&small);
 
         let key = name.big_part_key();
         match self.cache.open(folder, name, &digest).await {
@@ -187,12 +207,14 @@ impl ResourceService {
                     .and_then(|tail| exact_plaintext_len(&self.resource_key, &small, tail, total));
                 // A block found damaged mid-way (the cache checks each one just
                 // before it is served) is picked up from the CDN at that byte.
+                // The cache knows no ETag: a refetch must carry this small part's tag.
                 let resume = Resume {
                     store: session.store.clone(),
                     bucket: folder.clone(),
                     key,
                     big_len: body.len,
                     version: None,
+                    small_sha256: small_sha256_hex(&digest),
                 };
                 return Ok(Download {
                     source: BigPartSource::Cache,
@@ -231,6 +253,21 @@ impl ResourceService {
                 }
                 other => LoadError::Cdn(other),
             })?;
+        // §5.4: a big part tagged for another small part is another upload's.
+        // The small part may just have been replaced (an upload finishing):
+        // ask for it once more before refusing.
+        if let Some(tag) = body.small_sha256.clone()
+            && tag != small_sha256_hex(&digest)
+        {
+            let (again, _) = self.small_part(folder, name).await?;
+            let again_digest = small_part_digest(&again);
+            if tag != small_sha256_hex(&again_digest) {
+                tracing::warn!(%folder, %name, "the big part in the CDN belongs to another upload");
+                return Err(LoadError::Mismatched(format!("{folder}/{name}")));
+            }
+            small = again;
+            digest = again_digest;
+        }
         let writer = match self.cache.create(folder, name, &digest).await {
             Ok(w) => Some(w),
             Err(e) => {
@@ -245,6 +282,7 @@ impl ResourceService {
             key: key.clone(),
             big_len: body.len,
             version: body.version.clone(),
+            small_sha256: small_sha256_hex(&digest),
         };
         let big = parallel_body(
             session.store.clone(),
@@ -318,7 +356,11 @@ impl ResourceService {
             big_len: StdMutex::new(0),
         });
         let big = encrypting_stream(big_head, plaintext, encryptor, shared.clone());
-        let put = session.store.put(folder, &name.big_part_key(), big).await;
+        let tag = small_sha256_hex(&digest);
+        let put = session
+            .store
+            .put_tagged(folder, &name.big_part_key(), big, Some(&tag))
+            .await;
         let input_error = shared
             .input_error
             .lock()
@@ -352,7 +394,8 @@ impl ResourceService {
                         .await
                 }
             })
-            .await?;
+            .await
+            .map_err(UploadError::SmallPart)?;
         let big_len = *shared.big_len.lock().unwrap_or_else(|p| p.into_inner());
         Ok(small.len() as u64 + big_len)
     }
@@ -397,6 +440,8 @@ struct Resume {
     key: String,
     big_len: u64,
     version: Option<String>,
+    /// The small part's tag: a resumed read of an object tagged otherwise is refused.
+    small_sha256: String,
 }
 
 struct DecryptPump {
@@ -476,7 +521,13 @@ fn decrypting_stream(
                             .get_version(&r.bucket, &r.key, p.big_received, r.version.as_deref())
                             .await
                         {
-                            Ok(body) if body.len == r.big_len - p.big_received => {
+                            Ok(body)
+                                if body.len == r.big_len - p.big_received
+                                    && body
+                                        .small_sha256
+                                        .as_ref()
+                                        .is_none_or(|tag| *tag == r.small_sha256) =>
+                            {
                                 p.source = body.stream;
                                 continue;
                             }

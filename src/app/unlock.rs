@@ -210,16 +210,24 @@ impl UnlockService {
             self.apply(UnlockEvent::ImagesAlreadyPresent);
             return Ok(());
         }
-        let token = self.api.login(&credentials).await.map_err(|e| match e {
-            ApiError::Unauthorized => "login refused: wrong email or password".to_owned(),
-            other => format!("login failed: {other}"),
-        })?;
+        let login = || async {
+            self.api.login(&credentials).await.map_err(|e| match e {
+                ApiError::Unauthorized => "login refused: wrong email or password".to_owned(),
+                other => format!("login failed: {other}"),
+            })
+        };
+        let token = login().await?;
         self.apply(UnlockEvent::LoggedIn);
-        let fragment = self
-            .api
-            .key_fragment(&token)
-            .await
-            .map_err(|e| format!("key fragment not available: {e}"))?;
+        // §2.5: a token refused here is renewed once, and the call tried once more.
+        let fragment = match self.api.key_fragment(&token).await {
+            Err(ApiError::Unauthorized) => {
+                tracing::info!("the key fragment refused the token; logging in again");
+                let token = login().await?;
+                self.api.key_fragment(&token).await
+            }
+            other => other,
+        }
+        .map_err(|e| format!("key fragment not available: {e}"))?;
         let key = AesKey::from_archive_fragment(fragment.expose());
         drop(fragment);
 

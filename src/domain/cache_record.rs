@@ -48,6 +48,12 @@ pub fn small_part_digest(small: &[u8]) -> [u8; 32] {
     Sha256::digest(small).into()
 }
 
+/// A small part's digest as the big part's `small-sha256` metadata carries
+/// it (PROTOCOL §5.4): lowercase hex.
+pub fn small_sha256_hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Checksum of one block.
 pub fn block_checksum(block: &[u8]) -> u64 {
     xxh3_64(block)

@@ -18,6 +18,10 @@ pub struct ObjectBody {
     /// checked, before streaming: a cache reads its last block when it opens
     /// an entry. They give the plaintext's exact length up front.
     pub tail: Option<bytes::Bytes>,
+    /// The object's user metadata `small-sha256` (PROTOCOL §5.4): the hex
+    /// SHA-256 of the small part uploaded with it; `None` when the object
+    /// has none (older tools) or the source is not the CDN.
+    pub small_sha256: Option<String>,
     pub stream: ByteStream,
 }
 
@@ -93,15 +97,28 @@ pub trait ObjectStore: Send + Sync {
         Ok(ObjectBody {
             len: want,
             version: body.version,
+            small_sha256: body.small_sha256,
             tail: None,
             stream: take_bytes(body.stream, want),
         })
     }
 
     /// Writes `key` from a stream of unknown length (multipart for big bodies), replacing
-    /// any old object only once the whole body arrived. Never creates the bucket.
+    /// any old object only once the whole body arrived, with the user metadata
+    /// `small-sha256` when given (PROTOCOL §5.4). Never creates the bucket.
     /// Errors: `NoSuchBucket`, `Unauthorized`, `Unavailable`, `Unexpected` (also when `body` fails).
-    async fn put(&self, bucket: &Folder, key: &str, body: ByteStream) -> Result<(), StoreError>;
+    async fn put_tagged(
+        &self,
+        bucket: &Folder,
+        key: &str,
+        body: ByteStream,
+        small_sha256: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// [`ObjectStore::put_tagged`] without metadata.
+    async fn put(&self, bucket: &Folder, key: &str, body: ByteStream) -> Result<(), StoreError> {
+        self.put_tagged(bucket, key, body, None).await
+    }
 }
 
 /// The first `len` bytes of `stream`; an error if it ends before them.

@@ -3,6 +3,7 @@
 
 mod boundary;
 mod fuzz;
+mod integrity;
 mod load;
 mod login_and_status;
 mod metrics;

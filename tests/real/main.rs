@@ -8,6 +8,7 @@ mod crash;
 mod docker;
 mod e2e;
 mod faults;
+mod integrity;
 mod load;
 mod resource_api;
 mod s3;

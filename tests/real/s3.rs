@@ -559,3 +559,31 @@ async fn a_late_response_is_retried_and_succeeds() {
 
     assert_eq!(read_all(body.stream).await.unwrap(), data);
 }
+
+#[tokio::test]
+async fn the_small_sha256_tag_travels_with_the_object_single_and_multipart() {
+    let cdn = Cdn::start().await;
+    let store = cdn.store();
+    let tag = "ab".repeat(32);
+    // One request, and a multipart upload (over the part size).
+    for (key, len) in [("one.big", 1000), ("many.big", 12 * MIB)] {
+        store
+            .put_tagged(&bucket(), key, chunked(pattern(len, 4), MIB), Some(&tag))
+            .await
+            .unwrap();
+        let body = store.get(&bucket(), key, 0).await.unwrap();
+        assert_eq!(body.small_sha256.as_deref(), Some(tag.as_str()), "{key}");
+        let range = store
+            .get_range(&bucket(), key, 10, 20, body.version.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(range.small_sha256.as_deref(), Some(tag.as_str()), "{key}");
+    }
+    // Replaced without a tag: the old one does not linger.
+    store
+        .put(&bucket(), "one.big", chunked(pattern(10, 1), 10))
+        .await
+        .unwrap();
+    let body = store.get(&bucket(), "one.big", 0).await.unwrap();
+    assert_eq!(body.small_sha256, None);
+}

@@ -152,6 +152,7 @@ impl BigPartCache for FakeCache {
         });
         let keep = data.len().min(TAIL_LEN);
         Ok(CacheLookup::Hit(ObjectBody {
+            small_sha256: None,
             len: data.len() as u64,
             version: None,
             tail: Some(data.slice(data.len() - keep..)),

@@ -18,6 +18,8 @@ use crate::ports::{ByteStream, ObjectBody, ObjectStore, ObjectStoreConnector, St
 struct State {
     buckets: HashSet<String>,
     objects: HashMap<(String, String), Bytes>,
+    /// Each object's `small-sha256` metadata, when it has one.
+    small_sha256: HashMap<(String, String), String>,
     /// Cut the next N reads after this many bytes.
     cut_reads: Vec<u64>,
     /// After the next cut, the object is replaced by these bytes (a re-upload mid-download).
@@ -55,11 +57,21 @@ impl FakeObjectStore {
         lock(&self.state).buckets.insert(bucket.to_owned());
     }
 
+    /// Stores an object without metadata, as older tools did.
     pub fn put_object(&self, bucket: &str, key: &str, data: impl Into<Bytes>) {
         let mut s = lock(&self.state);
         s.buckets.insert(bucket.to_owned());
-        s.objects
-            .insert((bucket.to_owned(), key.to_owned()), data.into());
+        let at = (bucket.to_owned(), key.to_owned());
+        s.small_sha256.remove(&at);
+        s.objects.insert(at, data.into());
+    }
+
+    /// The object's `small-sha256` metadata, if any.
+    pub fn small_sha256(&self, bucket: &str, key: &str) -> Option<String> {
+        lock(&self.state)
+            .small_sha256
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .cloned()
     }
 
     pub fn object(&self, bucket: &str, key: &str) -> Option<Bytes> {
@@ -114,7 +126,7 @@ impl ObjectStore for FakeObjectStore {
     async fn get(&self, bucket: &Folder, key: &str, from: u64) -> Result<ObjectBody, StoreError> {
         lock(&self.gets).push((key.to_owned(), from));
         self.get_faults.apply().await?;
-        let (data, cut) = {
+        let (data, cut, small_sha256) = {
             let mut s = lock(&self.state);
             if !s.buckets.contains(bucket.as_str()) {
                 return Err(StoreError::NoSuchBucket(bucket.to_string()));
@@ -135,7 +147,11 @@ impl ObjectStore for FakeObjectStore {
                 s.objects
                     .insert((bucket.as_str().to_owned(), key.to_owned()), newer);
             }
-            (data, cut)
+            let tag = s
+                .small_sha256
+                .get(&(bucket.as_str().to_owned(), key.to_owned()))
+                .cloned();
+            (data, cut, tag)
         };
         let start = (from as usize).min(data.len());
         let body = data.slice(start..);
@@ -158,16 +174,18 @@ impl ObjectStore for FakeObjectStore {
         Ok(ObjectBody {
             len,
             version: Some(format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&data))),
+            small_sha256,
             tail: None,
             stream: Box::pin(futures::stream::iter(pieces)),
         })
     }
 
-    async fn put(
+    async fn put_tagged(
         &self,
         bucket: &Folder,
         key: &str,
         mut body: ByteStream,
+        small_sha256: Option<&str>,
     ) -> Result<(), StoreError> {
         *lock(&self.puts) += 1;
         self.put_faults.apply().await?;
@@ -180,9 +198,13 @@ impl ObjectStore for FakeObjectStore {
                 chunk.map_err(|e| StoreError::Unexpected(format!("upload body failed: {e}")))?;
             all.extend_from_slice(&chunk);
         }
-        lock(&self.state)
-            .objects
-            .insert((bucket.as_str().to_owned(), key.to_owned()), all.freeze());
+        let mut s = lock(&self.state);
+        let at = (bucket.as_str().to_owned(), key.to_owned());
+        match small_sha256 {
+            Some(tag) => s.small_sha256.insert(at.clone(), tag.to_owned()),
+            None => s.small_sha256.remove(&at),
+        };
+        s.objects.insert(at, all.freeze());
         Ok(())
     }
 }

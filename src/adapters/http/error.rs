@@ -108,6 +108,7 @@ impl From<LoadError> for HttpError {
             LoadError::SmallPartUndecryptable => Self::new(StatusCode::BAD_GATEWAY, e.to_string()),
             LoadError::Cdn(ref store) => Self::new(store_status(store), e.to_string()),
             LoadError::Busy(busy) => busy.into(),
+            LoadError::Mismatched(_) => Self::new(StatusCode::CONFLICT, e.to_string()),
         }
     }
 }
@@ -130,6 +131,14 @@ impl From<UploadError> for HttpError {
             UploadError::Call(call) => call.into(),
             UploadError::NoSuchBucket(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
             UploadError::BadBody(_) => Self::new(StatusCode::BAD_REQUEST, e.to_string()),
+            UploadError::SmallPart(ref call) => {
+                // Always a 5xx: the upload did not complete, whatever the API said.
+                let status = match call {
+                    CallError::Api(ApiError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                Self::new(status, e.to_string())
+            }
             UploadError::Cdn(ref store) => Self::new(store_status(store), e.to_string()),
         }
     }

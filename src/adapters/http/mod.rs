@@ -57,6 +57,9 @@ pub fn router(state: AppState, policy: boundary::CallerPolicy) -> Router {
         .route("/status", get(status))
         .route("/login", post(login))
         .route("/load/{filename}", post(load))
+        // §5: an empty name is a bad name, not an unknown endpoint.
+        .route("/load/", post(empty_name))
+        .route("/upload/", post(empty_name))
         .route(
             "/upload/{filename}",
             post(upload::upload).layer(DefaultBodyLimit::disable()),
@@ -342,6 +345,7 @@ fn path_name(
         (status = 401, description = "Not logged in, or the API refused the stored credentials again after a re-login", body = ErrorBody),
         (status = 403, description = "The API refused this device's fingerprint", body = ErrorBody),
         (status = 404, description = "The resource is unknown to the API or the CDN", body = ErrorBody),
+        (status = 409, description = "The API's small part and the CDN's big part belong to different uploads: the resource is being replaced, or its last upload failed (PROTOCOL §5.4)", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "The JSON lacks a field or has one of the wrong type", body = ErrorBody),
@@ -430,6 +434,13 @@ async fn unlock_status(State(state): State<AppState>) -> Json<UnlockStatusBody> 
                 .unwrap_or(u64::MAX),
         },
     })
+}
+
+async fn empty_name() -> impl IntoResponse {
+    HttpError::new(
+        StatusCode::BAD_REQUEST,
+        "the file name in the path is empty (1-200 bytes of A-Z a-z 0-9 . _ -)",
+    )
 }
 
 async fn not_found() -> impl IntoResponse {
