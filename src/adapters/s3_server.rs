@@ -73,6 +73,7 @@ pub async fn start(config: S3ServerConfig) -> io::Result<S3ServerHandle> {
         fs,
         root: root.clone(),
         faults: faults.clone(),
+        keys: KeyLocks::default(),
     };
 
     let mut auth = SimpleAuth::new();
@@ -188,10 +189,37 @@ impl std::fmt::Debug for S3ServerHandle {
 
 /// s3s-fs with S3's bucket semantics: it would create a missing bucket's folder on a write
 /// and answer NoSuchKey for a read from a missing bucket; this answers NoSuchBucket.
+///
+/// It also makes an object's bytes and metadata change as one, as S3 does:
+/// s3s-fs renames the new bytes into place and writes the metadata after,
+/// so a read between the two would pair new bytes with the old metadata
+/// (and the loader's §5.4 tag with the wrong big part). Reads and writes of
+/// one key take that key's lock.
 struct CheckedBuckets {
     fs: s3s_fs::FileSystem,
     root: PathBuf,
     faults: Faults,
+    keys: KeyLocks,
+}
+
+/// One read-write lock per object key, made on first use.
+#[derive(Default)]
+struct KeyLocks(
+    std::sync::Mutex<std::collections::HashMap<ObjectKey, Arc<tokio::sync::RwLock<()>>>>,
+);
+
+/// (bucket, key)
+type ObjectKey = (String, String);
+
+impl KeyLocks {
+    fn of(&self, bucket: &str, key: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((bucket.to_owned(), key.to_owned()))
+            .or_default()
+            .clone()
+    }
 }
 
 impl CheckedBuckets {
@@ -285,6 +313,8 @@ impl S3 for CheckedBuckets {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.require_bucket(&req.input.bucket).await?;
+        let lock = self.keys.of(&req.input.bucket, &req.input.key);
+        let _reading = lock.read().await;
         self.fs.head_object(req).await
     }
 
@@ -293,6 +323,8 @@ impl S3 for CheckedBuckets {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.require_bucket(&req.input.bucket).await?;
+        let lock = self.keys.of(&req.input.bucket, &req.input.key);
+        let _writing = lock.write().await;
         self.fs.put_object(req).await
     }
 
@@ -325,6 +357,8 @@ impl S3 for CheckedBuckets {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         self.require_bucket(&req.input.bucket).await?;
+        let lock = self.keys.of(&req.input.bucket, &req.input.key);
+        let _writing = lock.write().await;
         self.fs.complete_multipart_upload(req).await
     }
 
@@ -337,7 +371,11 @@ impl S3 for CheckedBuckets {
         if let Some(GetFault::Delay(pause)) = fault {
             tokio::time::sleep(pause).await;
         }
+        // Held until the object is open: its bytes then stream from that file.
+        let lock = self.keys.of(&req.input.bucket, &req.input.key);
+        let reading = lock.read().await;
         let mut response = self.fs.get_object(req).await?;
+        drop(reading);
         let (after, action) = match fault {
             Some(GetFault::CutAfter(after)) => (after, Action::Cut),
             Some(GetFault::StallAfter(after, pause)) => (after, Action::Stall(pause)),
