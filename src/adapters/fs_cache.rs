@@ -86,6 +86,8 @@ struct Shared {
     /// Free bytes a write leaves on the file system (PROTOCOL §5.3); a write
     /// that would cross it stops caching that entry.
     min_free_bytes: u64,
+    /// Stamps each entry's last use, for eviction (tests pass a fake one).
+    clock: Arc<dyn crate::ports::Clock>,
     /// Open readers per entry. Its lock also covers every change of a final
     /// entry name (rename into place, removal), so that "is it read? is it
     /// still the same file?" and the change happen as one step.
@@ -147,6 +149,15 @@ impl FsBigPartCache {
         self
     }
 
+    /// Stamps last use with `clock` instead of the system's. Call right
+    /// after [`FsBigPartCache::open`].
+    pub fn with_clock(mut self, clock: Arc<dyn crate::ports::Clock>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.clock = clock;
+        }
+        self
+    }
+
     pub fn open(root: PathBuf, max_bytes: Option<u64>) -> Result<Self, CacheError> {
         match fs::symlink_metadata(&root) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -177,6 +188,7 @@ impl FsBigPartCache {
             root,
             max_bytes,
             min_free_bytes: 0,
+            clock: Arc::new(crate::adapters::system_clock::SystemClock),
             names: Mutex::new(HashMap::new()),
             commits: Mutex::new(()),
         });
@@ -582,7 +594,7 @@ fn inspect(
         Err(reason) => return damaged(identity, &reason),
     };
     // Last use, for eviction. Best effort: a failure only makes eviction less fair.
-    if let Err(e) = file.set_modified(SystemTime::now()) {
+    if let Err(e) = file.set_modified(shared.clock.now()) {
         tracing::debug!(file = %path.display(), error = %e, "cannot mark a cached big part as used");
     }
     Ok(Verdict::Intact {
@@ -1011,7 +1023,7 @@ fn finish_entry(
         .and_then(|()| file.write_all_at(&record.encode_header(), 0))
         .map_err(|e| io_error("cannot write", temp.path(), &e))?;
     // First use, for eviction (explicit, so every entry's time has the same precision).
-    if let Err(e) = file.set_modified(SystemTime::now()) {
+    if let Err(e) = file.set_modified(shared.clock.now()) {
         tracing::debug!(file = %temp.path().display(), error = %e, "cannot set a cache file's time");
     }
     file.sync_all()
@@ -1464,13 +1476,14 @@ mod tests {
     async fn eviction_keeps_the_most_recently_used_entries() {
         let dir = tempfile::tempdir().unwrap();
         let entry = entry_len(1000);
-        let cache = new_cache(&dir, Some(2 * entry));
+        let clock = Arc::new(crate::adapters::fakes::FakeClock::default());
+        let cache = new_cache(&dir, Some(2 * entry)).with_clock(clock.clone());
         put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        clock.advance(Duration::from_secs(1));
         put(&cache, "models", "b", [1; 32], &data(1000, 2)).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        clock.advance(Duration::from_secs(1));
         hit(&cache, "models", "a", [1; 32]).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        clock.advance(Duration::from_secs(1));
         put(&cache, "models", "c", [1; 32], &data(1000, 3)).await;
 
         let names: Vec<String> = cache
@@ -1492,9 +1505,10 @@ mod tests {
     async fn eviction_never_takes_an_entry_being_read() {
         let dir = tempfile::tempdir().unwrap();
         let entry = entry_len(1000);
-        let cache = new_cache(&dir, Some(2 * entry));
+        let clock = Arc::new(crate::adapters::fakes::FakeClock::default());
+        let cache = new_cache(&dir, Some(2 * entry)).with_clock(clock.clone());
         put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        clock.advance(Duration::from_secs(1));
         put(&cache, "models", "b", [1; 32], &data(1000, 2)).await;
         let CacheLookup::Hit(reading) = cache
             .open(&folder("models"), &name("a"), &[1; 32])
@@ -1560,9 +1574,10 @@ mod tests {
     #[tokio::test]
     async fn opening_with_a_smaller_limit_evicts_the_oldest() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = new_cache(&dir, None);
+        let clock = Arc::new(crate::adapters::fakes::FakeClock::default());
+        let cache = new_cache(&dir, None).with_clock(clock.clone());
         put(&cache, "models", "old", [1; 32], &data(1000, 1)).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        clock.advance(Duration::from_secs(1));
         put(&cache, "models", "new", [1; 32], &data(1000, 2)).await;
         drop(cache);
 

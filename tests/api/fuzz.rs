@@ -404,7 +404,12 @@ fn generated_requests_never_get_a_5xx_and_every_error_is_a_json_detail() {
         .enable_all()
         .build()
         .unwrap();
-    let app = runtime.block_on(TestApp::logged_in());
+    // The real filesystem cache: "nothing outside the cache" is about files.
+    let app = runtime.block_on(async {
+        let app = TestApp::spawn_with_fs_cache().await;
+        assert_eq!(app.login().await.status(), 200);
+        app
+    });
     app.seed(FOLDER, "m.bin", &pattern(20_000, 3));
     // A fresh connection per request: a refused large body may close its
     // connection, and a pooled one could then fail the next, unrelated case.

@@ -58,6 +58,17 @@ impl TestApp {
     }
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::build(adjust, false).await
+    }
+
+    /// Like [`TestApp::spawn`], with the real filesystem cache
+    /// (`FsBigPartCache` in the test folder) instead of the fake one; then
+    /// `cache` is not wired and must not be used.
+    pub async fn spawn_with_fs_cache() -> Self {
+        Self::build(|_| {}, true).await
+    }
+
+    async fn build(adjust: impl FnOnce(&mut Config), fs_cache: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::defaults();
         config.listen = "127.0.0.1:0".parse().unwrap();
@@ -78,7 +89,17 @@ impl TestApp {
         let ports = Ports {
             api: api.clone(),
             cdn: connector.clone(),
-            cache: Arc::new(cache.clone()),
+            cache: if fs_cache {
+                Arc::new(
+                    azaion_loader::adapters::fs_cache::FsBigPartCache::open(
+                        config.model_cache_dir.clone(),
+                        None,
+                    )
+                    .expect("fs cache opens"),
+                )
+            } else {
+                Arc::new(cache.clone())
+            },
             hardware: hardware.clone(),
             runtime: runtime.clone(),
             clock: clock.clone(),

@@ -118,16 +118,31 @@ async fn kill_9_during_an_upload_leaves_nothing_half_written() {
         .post(loader.url("/upload/up.bin"))
         .multipart(form)
         .send();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
     let sender = tokio::spawn(async move {
         for i in 0..16u8 {
             if tx.send(Ok(pattern(1 << 20, i))).await.is_err() {
                 return;
             }
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         std::future::pending::<()>().await;
     });
     let upload = tokio::spawn(request);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill once the upload is under way in the loader: its bytes are being
+    // taken (the channel holds only 4 MiB) and its cache entry is being written.
+    let cache = dir.path().join("cache");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < 8 || cache_files(&cache).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never got under way: {} MiB taken, cache {:?}",
+            sent.load(std::sync::atomic::Ordering::Relaxed),
+            cache_files(&cache)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     kill(&mut loader, "-KILL");
     let _ = loader.child.wait();
     assert!(
@@ -169,20 +184,20 @@ async fn kill_9_during_an_unlock_then_a_restart_starts_idle_with_no_plaintext_le
         azaion_loader::domain::cipher::encrypt(&key, [1; 16], &plain),
     )
     .unwrap();
-    // Nothing listens at this socket: the runtime never answers, the run stays busy or fails.
+    // A Docker that takes the archive slowly: the kill lands while the
+    // loader is decrypting, with plaintext in flight.
     let tmp = dir.path().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    let dead_docker = format!("unix://{}/none.sock", dir.path().display());
+    let socket = dir.path().join("slow-docker.sock");
+    let slow_docker = tokio::spawn(serve_slow_docker(
+        tokio::net::UnixListener::bind(&socket).unwrap(),
+    ));
+    let docker_host = format!("unix://{}", socket.display());
     let env = [
-        ("DOCKER_HOST", dead_docker.as_str()),
+        ("DOCKER_HOST", docker_host.as_str()),
         ("TMPDIR", tmp.to_str().unwrap()),
     ];
     let mut loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &env);
-    peers.emulator.stall_next(
-        azaion_loader::adapters::emulator::Route::KeyFragment,
-        1,
-        Duration::from_secs(5),
-    );
     let r = loader
         .client
         .post(loader.url("/unlock"))
@@ -191,10 +206,30 @@ async fn kill_9_during_an_unlock_then_a_restart_starts_idle_with_no_plaintext_le
         .await
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "authenticating");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: Value = loader
+            .client
+            .get(loader.url("/unlock/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["state"] == "decrypting" && v["progress"]["bytes_done"].as_u64() > Some(1 << 20) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && v["state"] != "error",
+            "the unlock never got to decrypting: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     kill(&mut loader, "-KILL");
     let _ = loader.child.wait();
     drop(loader);
+    slow_docker.abort();
 
     let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &env);
     let v: Value = loader
@@ -265,4 +300,58 @@ async fn sigterm_lets_a_download_in_flight_finish_and_refuses_new_connections() 
         cache_files(&dir.path().join("cache")),
         vec!["models/big.bin.big".to_owned()]
     );
+}
+
+/// Enough of the Docker Engine API over a Unix socket for an unlock to reach
+/// its load: `/version` answers, anything else is unknown, and
+/// `POST /images/load` takes its body at about 320 KiB/s and never answers.
+async fn serve_slow_docker(listener: tokio::net::UnixListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut head = Vec::new();
+            loop {
+                let Ok(n) = conn.read(&mut buf).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&buf[..n]);
+                let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let request = String::from_utf8_lossy(&head[..end]).into_owned();
+                head.drain(..end + 4);
+                let line = request.lines().next().unwrap_or_default().to_owned();
+                if line.contains("/images/load") {
+                    loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                }
+                let (status, body) = if line.contains("/version") {
+                    (
+                        "200 OK",
+                        r#"{"ApiVersion":"1.47","MinAPIVersion":"1.24","Version":"27.0.0"}"#,
+                    )
+                } else {
+                    ("404 Not Found", r#"{"message":"not here"}"#)
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if conn.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }

@@ -372,14 +372,16 @@ fn set_size(header: &mut [u8], size: u64) {
     header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
-/// Bytes the process caused to be written to storage (`write_bytes` of /proc/PID/io).
+/// Bytes the process caused to be written to storage (`write_bytes` of
+/// /proc/PID/io). Unreadable fails the test: "0 bytes written" must be a
+/// reading, never a default.
 fn storage_writes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_default()
-        .lines()
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/io: {e}"));
+    io.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no write_bytes in /proc/{pid}/io"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,6 +410,11 @@ async fn a_one_gib_archive_unlocks_in_bounded_memory_with_no_plaintext_written()
         written
     );
     assert_eq!(written, 0, "the loader wrote to disk during the unlock");
+    // The debug build (what `cargo test` runs).
+    assert!(
+        peak <= 64 * 1024,
+        "peak RSS {peak} KiB during the unlock (bound: 64 MiB)"
+    );
     assert!(stage.daemon.present(&tag).await);
     stage.daemon.remove(&[tag]).await;
 }
