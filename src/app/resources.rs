@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, watch};
 
 use super::ranged::{CdnReads, parallel_body};
 use super::session::{CallError, Session, SessionService};
@@ -104,6 +104,60 @@ pub struct ResourceService {
     transfers: Arc<Semaphore>,
     max_transfers: usize,
     transfer_wait: std::time::Duration,
+    /// CDN reads in progress, one per resource: concurrent misses wait for it.
+    fills: Arc<Fills>,
+}
+
+/// The resources whose big part is being read from the CDN into the cache.
+#[derive(Default)]
+struct Fills(StdMutex<std::collections::HashMap<(String, String), watch::Receiver<()>>>);
+
+/// A miss either reads the CDN itself (and fills the cache), or waits for
+/// the read already under way and then looks again.
+enum Claim {
+    Leader(FillGuard),
+    Follower(watch::Receiver<()>),
+}
+
+impl Fills {
+    fn claim(self: &Arc<Self>, folder: &Folder, name: &ResourceName) -> Claim {
+        let key = (folder.as_str().to_owned(), name.as_str().to_owned());
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = map.get(&key) {
+            return Claim::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        map.insert(key.clone(), rx);
+        Claim::Leader(FillGuard {
+            fills: self.clone(),
+            key,
+            _done: tx,
+        })
+    }
+}
+
+/// Held by the one CDN read of a resource; dropped (the read ended, failed
+/// or was abandoned), it wakes every waiter.
+struct FillGuard {
+    fills: Arc<Fills>,
+    key: (String, String),
+    _done: watch::Sender<()>,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.fills
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// What a CDN read holds until its stream ends or is dropped.
+struct CdnHold {
+    _slot: TransferSlot,
+    _fill: FillGuard,
 }
 
 impl ResourceService {
@@ -116,6 +170,7 @@ impl ResourceService {
             transfers: Arc::new(Semaphore::new(DEFAULT_TRANSFERS)),
             max_transfers: DEFAULT_TRANSFERS,
             transfer_wait: TRANSFER_WAIT,
+            fills: Arc::default(),
         }
     }
 
@@ -188,11 +243,30 @@ impl ResourceService {
 
     /// F2: small part from the API, big part from the cache when it belongs with
     /// that small part and is intact, else from the CDN (filling the cache).
+    /// Concurrent misses of one resource make one CDN read: the others wait
+    /// for it to end and then find the entry in the cache.
     pub async fn download(
         &self,
         folder: &Folder,
         name: &ResourceName,
     ) -> Result<Download, LoadError> {
+        loop {
+            match self.try_download(folder, name).await? {
+                Ok(download) => return Ok(download),
+                // Resolves when the read ends, however it ends; then look again.
+                Err(mut wait) => {
+                    tracing::debug!(%folder, %name, "waiting for the CDN read under way");
+                    let _ = wait.changed().await;
+                }
+            }
+        }
+    }
+
+    async fn try_download(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+    ) -> Result<Result<Download, watch::Receiver<()>>, LoadError> {
         let (mut small, session) = self.small_part(folder, name).await?;
         let mut digest = small_part_digest(&small);
 
@@ -216,7 +290,7 @@ impl ResourceService {
                     version: None,
                     small_sha256: small_sha256_hex(&digest),
                 };
-                return Ok(Download {
+                return Ok(Ok(Download {
                     source: BigPartSource::Cache,
                     ciphertext_len: total,
                     plaintext_len,
@@ -227,8 +301,9 @@ impl ResourceService {
                         total,
                         None,
                         Some(resume),
+                        None,
                     ),
-                });
+                }));
             }
             Ok(CacheLookup::Miss) => {}
             Ok(CacheLookup::Stale) => {
@@ -242,6 +317,10 @@ impl ResourceService {
             }
         }
 
+        let fill = match self.fills.claim(folder, name) {
+            Claim::Leader(fill) => fill,
+            Claim::Follower(wait) => return Ok(Err(wait)),
+        };
         let slot = self.transfer_slot().await?;
         let body = session
             .store
@@ -291,15 +370,23 @@ impl ResourceService {
             body,
             self.cdn_reads,
         );
-        Ok(Download {
+        Ok(Ok(Download {
             source: BigPartSource::Cdn,
             ciphertext_len: total,
             plaintext_len: None,
-            plaintext: holding(
-                decrypting_stream(&self.resource_key, small, big, total, writer, Some(resume)),
-                slot,
+            plaintext: decrypting_stream(
+                &self.resource_key,
+                small,
+                big,
+                total,
+                writer,
+                Some(resume),
+                Some(CdnHold {
+                    _slot: slot,
+                    _fill: fill,
+                }),
             ),
-        })
+        }))
     }
 
     /// F3: encrypts `plaintext` with the resource key, puts the big part in the
@@ -419,20 +506,6 @@ fn exact_plaintext_len(key: &AesKey, small: &[u8], big_tail: &[u8], total: u64) 
     Some(total - TAIL_LEN as u64 + last.len() as u64)
 }
 
-/// `stream`, keeping `slot` taken until it ends or is dropped.
-fn holding(stream: ByteStream, slot: TransferSlot) -> ByteStream {
-    Box::pin(futures::stream::unfold(
-        (stream, Some(slot)),
-        |(mut stream, mut slot)| async move {
-            let item = stream.next().await;
-            if item.is_none() {
-                slot.take();
-            }
-            item.map(|item| (item, (stream, slot)))
-        },
-    ))
-}
-
 /// How to pick a CDN read up again after the connection was cut.
 struct Resume {
     store: Arc<dyn ObjectStore>,
@@ -453,6 +526,8 @@ struct DecryptPump {
     big_received: u64,
     attempts: u32,
     done: bool,
+    /// A CDN read's transfer slot and fill claim, freed when the stream ends or is dropped.
+    _held: Option<CdnHold>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -468,6 +543,7 @@ fn decrypting_stream(
     ciphertext_len: u64,
     writer: Option<Box<dyn CacheWriter>>,
     resume: Option<Resume>,
+    held: Option<CdnHold>,
 ) -> ByteStream {
     let pump = DecryptPump {
         decryptor: Some(Decryptor::new(key).with_expected_len(ciphertext_len)),
@@ -478,6 +554,7 @@ fn decrypting_stream(
         big_received: 0,
         attempts: 0,
         done: false,
+        _held: held,
     };
     let plaintext: ByteStream = Box::pin(futures::stream::unfold(pump, |mut p| async move {
         if p.done {

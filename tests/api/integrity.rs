@@ -238,3 +238,88 @@ async fn an_empty_name_is_a_bad_name_on_load_and_upload() {
     );
     assert_eq!(app.store.puts(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_cold_loads_of_one_resource_share_one_cdn_read_and_one_cache_write() {
+    let app = TestApp::spawn_with_fs_cache().await;
+    assert_eq!(app.login().await.status(), 200);
+    let plain = pattern(16 << 20, 9);
+    app.seed(FOLDER, NAME, &plain);
+    // Watch the cache folder for temporary files while the loads run.
+    let cache_dir = app.config.model_cache_dir.clone();
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let most_temps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = {
+        let (watching, most_temps, cache_dir) =
+            (watching.clone(), most_temps.clone(), cache_dir.clone());
+        std::thread::spawn(move || {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let temps = crate::support::files_under(&cache_dir)
+                    .iter()
+                    .filter(|p| p.to_string_lossy().contains(".big.tmp-"))
+                    .count();
+                most_temps.fetch_max(temps, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let loads = (0..16).map(|_| app.load_bytes(NAME, FOLDER));
+    let bodies = futures::future::join_all(loads).await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    for body in &bodies {
+        assert!(body == &plain, "a load was not byte-exact");
+    }
+    // One read of the object's bytes: every offset asked for once, 0 once.
+    let gets: Vec<u64> = app
+        .store
+        .gets()
+        .into_iter()
+        .filter(|(key, _)| key == &format!("{NAME}.big"))
+        .map(|(_, from)| from)
+        .collect();
+    let mut distinct = gets.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        gets.len(),
+        "a byte range was read twice: {gets:?}"
+    );
+    assert_eq!(
+        gets.iter().filter(|&&from| from == 0).count(),
+        1,
+        "{gets:?}"
+    );
+    let most = most_temps.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(most <= 1, "{most} temporary cache files at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_client_that_hangs_up_does_not_stop_the_read_it_waits_for() {
+    let app = TestApp::spawn_with_fs_cache().await;
+    assert_eq!(app.login().await.status(), 200);
+    let plain = pattern(32 << 20, 11);
+    app.seed(FOLDER, NAME, &plain);
+    let leader = app.load(NAME, FOLDER).await;
+    assert_eq!(leader.status(), 200);
+    // A second client misses too, waits for the leader's read, and gives up.
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(app.url(&format!("/load/{NAME}")))
+        .json(&json!({"filename": NAME, "folder": FOLDER}))
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err(),
+        "the follower was served before the leader's read ended"
+    );
+    assert_eq!(leader.bytes().await.unwrap().as_ref(), plain.as_slice());
+    // The leader's read filled the cache: the next load reads nothing from the CDN.
+    let reads = app.store.gets().len();
+    assert_eq!(app.load_bytes(NAME, FOLDER).await, plain);
+    assert_eq!(app.store.gets().len(), reads);
+}

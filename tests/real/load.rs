@@ -67,19 +67,7 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
     .unwrap();
     let loader = Arc::new(Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]));
     loader.login().await;
-    // Warm the cache first. 64 cold misses of one resource at once are 64 CDN
-    // transfers (no single-flight yet), and past LOADER_MAX_TRANSFERS those
-    // wait 10 s and then get 503 by design: that storm is covered by
-    // tests/api/boundary.rs. This test is about connections and memory.
-    let warm = loader
-        .client
-        .post(loader.url("/load/m.bin"))
-        .json(&json!({"folder": DEMO_FOLDER}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(warm.status(), 200);
-    assert_eq!(Sha256::digest(warm.bytes().await.unwrap()), digest);
+    // No warm-up: the first 64 loads miss at once and share one CDN read.
     let pid = loader.child.id();
     let counts = Arc::new(Counts::default());
     let client = reqwest::Client::builder()
