@@ -238,6 +238,12 @@ async fn a_token_file_readable_by_others_is_refused_when_the_app_is_built() {
     );
 }
 
+/// Nothing was left in the test folder: no spool, no cache entry.
+fn assert_no_files(app: &TestApp) {
+    let left = files_under(app.dir.path());
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// A multipart body whose data comes first: it would be spooled.
 fn data_first(boundary: &str, data: &[u8]) -> Vec<u8> {
     let mut body = format!(
@@ -288,11 +294,7 @@ async fn an_upload_before_login_is_refused_before_its_body_is_read() {
         r.sent_at_answer >> 20
     );
     assert_eq!(app.store.puts(), 0);
-    assert!(
-        files_under(app.dir.path()).is_empty(),
-        "{:?}",
-        files_under(app.dir.path())
-    );
+    assert_no_files(&app);
 }
 
 #[tokio::test]
@@ -337,11 +339,7 @@ async fn an_upload_over_the_size_limit_is_refused_declared_or_streamed_and_leave
     assert!(app.store.object(FOLDER, "big.bin.big").is_none());
     assert!(app.api.file(Some(FOLDER), "big.bin.small").is_none());
     assert!(!app.cache.contains(FOLDER, "big.bin"));
-    assert!(
-        files_under(app.dir.path()).is_empty(),
-        "{:?}",
-        files_under(app.dir.path())
-    );
+    assert_no_files(&app);
     // An upload within the limit still works.
     let r = app.upload("small.bin", FOLDER, pattern(1000, 4)).await;
     assert_eq!(r.status(), 200);
@@ -397,11 +395,7 @@ async fn an_upload_that_would_cross_the_free_space_floor_gets_507_and_leaves_not
             .contains("MODEL_CACHE_MIN_FREE_BYTES")
     );
     assert_eq!(app.store.puts(), 0);
-    assert!(
-        files_under(app.dir.path()).is_empty(),
-        "{:?}",
-        files_under(app.dir.path())
-    );
+    assert_no_files(&app);
 }
 
 #[tokio::test]

@@ -208,15 +208,7 @@ async fn kill_9_during_an_unlock_then_a_restart_starts_idle_with_no_plaintext_le
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "authenticating");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let v: Value = loader
-            .client
-            .get(loader.url("/unlock/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = loader.unlock_status().await;
         if v["state"] == "decrypting" && v["progress"]["bytes_done"].as_u64() > Some(1 << 20) {
             break;
         }
@@ -232,16 +224,7 @@ async fn kill_9_during_an_unlock_then_a_restart_starts_idle_with_no_plaintext_le
     slow_docker.abort();
 
     let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &env);
-    let v: Value = loader
-        .client
-        .get(loader.url("/unlock/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["state"], "idle");
+    assert_eq!(loader.unlock_status().await["state"], "idle");
     for p in files_under(dir.path()) {
         if let Ok(bytes) = std::fs::read(&p) {
             assert!(

@@ -81,6 +81,18 @@ impl Loader {
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
 
+    /// `GET /unlock/status` as JSON.
+    pub async fn unlock_status(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/unlock/status"))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     /// `POST /load/{name}` of `folder`.
     pub async fn load(&self, folder: &str, name: &str) -> reqwest::Response {
         self.client
