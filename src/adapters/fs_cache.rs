@@ -55,6 +55,8 @@ use crate::ports::{
 
 /// A writer gathers small incoming chunks up to this size before one write.
 const WRITE_BATCH: usize = 1 << 20;
+/// A write in progress makes room under the size limit every this many bytes.
+const MAKE_ROOM_EVERY: u64 = 8 << 20;
 /// A writer starts making what it wrote durable (`fdatasync` on a blocking
 /// thread, never waited for by the stream) every this many bytes, so that the
 /// sync before `commit`'s rename has little left to do and does not hold up
@@ -224,11 +226,12 @@ impl Shared {
     }
 
     fn usage(&self) -> Result<CacheUsage, CacheError> {
-        let entries = scan(&self.root)
+        let scanned = scan(&self.root)
             .map_err(|e| io_error("cannot list the cache folder", &self.root, &e))?;
         Ok(CacheUsage {
-            bytes: entries.iter().map(|e| e.bytes).sum(),
-            entries: entries.len() as u64,
+            // Writes in progress count: they hold their disk space already.
+            bytes: scanned.bytes(),
+            entries: scanned.entries.len() as u64,
             limit: self.max_bytes,
         })
     }
@@ -360,10 +363,25 @@ struct Scanned {
     identity: (u64, u64),
 }
 
+/// The cache's files: its entries, and the bytes of the temporary files
+/// that writes in progress hold (they take disk like entries do).
+struct Scan {
+    entries: Vec<Scanned>,
+    temp_bytes: u64,
+}
+
+impl Scan {
+    fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.bytes).sum::<u64>() + self.temp_bytes
+    }
+}
+
 /// Lists the entry files: regular files named `{valid name}.big` in real
-/// directories named as valid folders. Anything else is not the cache's.
-fn scan(root: &Path) -> io::Result<Vec<Scanned>> {
+/// directories named as valid folders, and sums the temporary files beside
+/// them. Anything else is not the cache's.
+fn scan(root: &Path) -> io::Result<Scan> {
     let mut found = Vec::new();
+    let mut temp_bytes = 0;
     for dent in fs::read_dir(root)? {
         let dent = dent?;
         let Some(folder) = dent.file_name().to_str().map(str::to_owned) else {
@@ -380,6 +398,15 @@ fn scan(root: &Path) -> io::Result<Vec<Scanned>> {
         for file in listing {
             let file = file?;
             let file_name = file.file_name();
+            if file_name.to_str().is_some_and(is_temp_name) {
+                // Vanished since listed: its writer finished or gave up.
+                if let Ok(meta) = file.metadata()
+                    && meta.file_type().is_file()
+                {
+                    temp_bytes += meta.len();
+                }
+                continue;
+            }
             let Some(name) = file_name
                 .to_str()
                 .and_then(|n| n.strip_suffix(ENTRY_SUFFIX))
@@ -406,14 +433,18 @@ fn scan(root: &Path) -> io::Result<Vec<Scanned>> {
             });
         }
     }
-    Ok(found)
+    Ok(Scan {
+        entries: found,
+        temp_bytes,
+    })
 }
 
 /// Evicts least recently used entries until usage ≤ `limit`, never one being
 /// read and never `keep`.
 fn evict_to_fit(shared: &Shared, limit: u64, keep: Option<&EntryKey>) -> io::Result<()> {
-    let mut entries = scan(&shared.root)?;
-    let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+    let scanned = scan(&shared.root)?;
+    let mut total = scanned.bytes();
+    let mut entries = scanned.entries;
     if total <= limit {
         return Ok(());
     }
@@ -815,6 +846,7 @@ impl BigPartCache for FsBigPartCache {
                 &self.shared.root,
                 self.shared.min_free_bytes,
             ),
+            room_made_until: 0,
         }))
     }
 
@@ -844,6 +876,7 @@ impl BigPartCache for FsBigPartCache {
         blocking(move || {
             let mut list: Vec<CachedEntry> = scan(&shared.root)
                 .map_err(|e| io_error("cannot list the cache folder", &shared.root, &e))?
+                .entries
                 .into_iter()
                 .map(|e| CachedEntry {
                     folder: e.key.0,
@@ -880,6 +913,8 @@ struct FsCacheWriter {
     oversized: bool,
     /// The free space this entry's writes leave on the file system.
     floor: crate::adapters::disk::FreeSpaceFloor,
+    /// The entry's length at which it next makes room under the size limit.
+    room_made_until: u64,
 }
 
 impl FsCacheWriter {
@@ -982,6 +1017,19 @@ impl CacheWriter for FsCacheWriter {
         self.pending.push(chunk);
         if self.pending_len >= WRITE_BATCH {
             self.flush().await?;
+        }
+        // Make room as the entry grows, not only once it is committed: older
+        // entries go while this one is still being written.
+        if let Some(limit) = self.shared.max_bytes
+            && self.record.len() >= self.room_made_until
+        {
+            self.room_made_until = self.record.len() + MAKE_ROOM_EVERY;
+            let (shared, key) = (self.shared.clone(), self.key.clone());
+            blocking(move || {
+                evict_to_fit(&shared, limit, Some(&key))
+                    .map_err(|e| io_error("cannot evict from", &shared.root, &e))
+            })
+            .await?;
         }
         Ok(())
     }
@@ -1499,6 +1547,47 @@ mod tests {
             (usage.bytes, usage.entries, usage.limit),
             (2 * entry, 2, Some(2 * entry))
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_in_progress_counts_in_usage_and_makes_room_before_it_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 10 << 20;
+        let entry = entry_len(size as u64);
+        let clock = Arc::new(crate::adapters::fakes::FakeClock::default());
+        let cache = new_cache(&dir, Some(2 * entry + (1 << 20))).with_clock(clock.clone());
+        put(&cache, "models", "a", [1; 32], &data(size, 1)).await;
+        clock.advance(Duration::from_secs(1));
+        put(&cache, "models", "b", [1; 32], &data(size, 2)).await;
+        clock.advance(Duration::from_secs(1));
+        // A third entry, written but not committed yet.
+        let mut w = cache
+            .create(&folder("models"), &name("c"), &[1; 32])
+            .await
+            .unwrap();
+        for chunk in data(size, 3).chunks(1 << 20) {
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        let names: Vec<String> = cache
+            .entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec!["b"],
+            "the oldest entry made room before c committed"
+        );
+        let usage = cache.usage().await.unwrap();
+        // The last batch may still be on its way to the temporary file.
+        assert!(
+            usage.bytes >= entry + size as u64 - (2 << 20) && usage.entries == 1,
+            "the write in progress is not counted: {usage:?}"
+        );
+        w.commit().await.unwrap();
+        assert_eq!(hit(&cache, "models", "c", [1; 32]).await, data(size, 3));
     }
 
     #[tokio::test]
