@@ -36,6 +36,7 @@ use std::fs::{self, DirBuilder, File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -50,7 +51,7 @@ use crate::domain::names::{Folder, ResourceName};
 use crate::ports::object_store::TAIL_LEN;
 use crate::ports::{
     BigPartCache, ByteStream, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry,
-    ObjectBody,
+    HeldSpace, ObjectBody,
 };
 
 /// A writer gathers small incoming chunks up to this size before one write.
@@ -97,6 +98,8 @@ struct Shared {
     /// Serialises commits (rename and eviction), so two commits never evict
     /// each other's fresh entry.
     commits: Mutex<()>,
+    /// Bytes in the folder that no scan sees: uploads held in unnamed files.
+    held: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for FsBigPartCache {
@@ -193,6 +196,7 @@ impl FsBigPartCache {
             clock: Arc::new(crate::adapters::system_clock::SystemClock),
             names: Mutex::new(HashMap::new()),
             commits: Mutex::new(()),
+            held: Arc::default(),
         });
         if let Some(limit) = max_bytes {
             evict_to_fit(&shared, limit, None)
@@ -229,8 +233,8 @@ impl Shared {
         let scanned = scan(&self.root)
             .map_err(|e| io_error("cannot list the cache folder", &self.root, &e))?;
         Ok(CacheUsage {
-            // Writes in progress count: they hold their disk space already.
-            bytes: scanned.bytes(),
+            // Writes in progress and held uploads count: they take disk already.
+            bytes: scanned.bytes() + self.held.load(Ordering::Relaxed),
             entries: scanned.entries.len() as u64,
             limit: self.max_bytes,
         })
@@ -443,7 +447,7 @@ fn scan(root: &Path) -> io::Result<Scan> {
 /// read and never `keep`.
 fn evict_to_fit(shared: &Shared, limit: u64, keep: Option<&EntryKey>) -> io::Result<()> {
     let scanned = scan(&shared.root)?;
-    let mut total = scanned.bytes();
+    let mut total = scanned.bytes() + shared.held.load(Ordering::Relaxed);
     let mut entries = scanned.entries;
     if total <= limit {
         return Ok(());
@@ -869,6 +873,22 @@ impl BigPartCache for FsBigPartCache {
     async fn usage(&self) -> Result<CacheUsage, CacheError> {
         let shared = self.shared.clone();
         blocking(move || shared.usage()).await
+    }
+
+    fn hold_space(&self) -> HeldSpace {
+        HeldSpace::counting_into(self.shared.held.clone())
+    }
+
+    async fn make_room(&self) -> Result<(), CacheError> {
+        let Some(limit) = self.shared.max_bytes else {
+            return Ok(());
+        };
+        let shared = self.shared.clone();
+        blocking(move || {
+            evict_to_fit(&shared, limit, None)
+                .map_err(|e| io_error("cannot evict from", &shared.root, &e))
+        })
+        .await
     }
 
     async fn entries(&self) -> Result<Vec<CachedEntry>, CacheError> {
@@ -1547,6 +1567,38 @@ mod tests {
             (usage.bytes, usage.entries, usage.limit),
             (2 * entry, 2, Some(2 * entry))
         );
+    }
+
+    #[tokio::test]
+    async fn space_held_outside_entries_counts_in_usage_and_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = entry_len(1000);
+        let clock = Arc::new(crate::adapters::fakes::FakeClock::default());
+        let cache = new_cache(&dir, Some(2 * entry)).with_clock(clock.clone());
+        put(&cache, "models", "a", [1; 32], &data(1000, 1)).await;
+        clock.advance(Duration::from_secs(1));
+        put(&cache, "models", "b", [1; 32], &data(1000, 2)).await;
+        // An upload held in an unnamed file, as big as one entry.
+        let mut held = cache.hold_space();
+        held.grow(entry);
+        assert_eq!(cache.usage().await.unwrap().bytes, 3 * entry);
+        cache.make_room().await.unwrap();
+        let usage = cache.usage().await.unwrap();
+        assert_eq!((usage.bytes, usage.entries), (2 * entry, 1));
+        assert!(!cache.entries().await.unwrap().iter().any(|e| e.name == "a"));
+        // A commit counts it too: c pushes b out while the space is held.
+        clock.advance(Duration::from_secs(1));
+        put(&cache, "models", "c", [1; 32], &data(1000, 3)).await;
+        let names: Vec<String> = cache
+            .entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["c"]);
+        drop(held);
+        assert_eq!(cache.usage().await.unwrap().bytes, entry);
     }
 
     #[tokio::test]

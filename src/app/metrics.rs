@@ -27,7 +27,7 @@ use crate::domain::secret::{SecretBytes, SecretString};
 use crate::domain::unlock::UnlockPhase;
 use crate::ports::{
     ApiError, BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry,
-    Credentials, ObjectBody, ObjectStore, ObjectStoreConnector, ResourceApi, StoreError,
+    Credentials, HeldSpace, ObjectBody, ObjectStore, ObjectStoreConnector, ResourceApi, StoreError,
 };
 
 /// The media type of the exposition format.
@@ -708,6 +708,14 @@ impl BigPartCache for MeteredCache {
 
     async fn usage(&self) -> Result<CacheUsage, CacheError> {
         self.inner.usage().await
+    }
+
+    fn hold_space(&self) -> HeldSpace {
+        self.inner.hold_space()
+    }
+
+    async fn make_room(&self) -> Result<(), CacheError> {
+        self.inner.make_room().await
     }
 
     async fn entries(&self) -> Result<Vec<CachedEntry>, CacheError> {

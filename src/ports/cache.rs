@@ -2,6 +2,9 @@
 //! which small part it belongs with and a checksum of its bytes, so a stale
 //! or damaged entry is found before a byte of it is served.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -67,6 +70,16 @@ pub trait BigPartCache: Send + Sync {
 
     async fn usage(&self) -> Result<CacheUsage, CacheError>;
 
+    /// A count of disk space taken in the cache folder by something that is
+    /// not an entry (an upload held before its folder is known, in a file
+    /// without a name). What it holds counts in `usage` and in eviction until
+    /// it is dropped. (Required, not provided: a decorator that forgot to
+    /// forward it would silently count nothing.)
+    fn hold_space(&self) -> HeldSpace;
+
+    /// Evicts entries until the usage (held space included) fits the limit.
+    async fn make_room(&self) -> Result<(), CacheError>;
+
     async fn entries(&self) -> Result<Vec<CachedEntry>, CacheError>;
 }
 
@@ -76,4 +89,60 @@ pub trait CacheWriter: Send {
 
     /// Makes the entry visible atomically (after it is durable).
     async fn commit(self: Box<Self>) -> Result<(), CacheError>;
+}
+
+/// Bytes held in the cache folder outside any entry; see
+/// [`BigPartCache::hold_space`]. Released when dropped.
+#[derive(Debug)]
+pub struct HeldSpace {
+    total: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl HeldSpace {
+    /// Counts into `total`, which the cache adds to its usage.
+    pub fn counting_into(total: Arc<AtomicU64>) -> Self {
+        Self { total, bytes: 0 }
+    }
+
+    /// Counts nowhere (a cache without a size limit).
+    pub fn detached() -> Self {
+        Self::counting_into(Arc::default())
+    }
+
+    pub fn grow(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for HeldSpace {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_space_counts_until_dropped() {
+        let total = Arc::new(AtomicU64::new(0));
+        let mut a = HeldSpace::counting_into(total.clone());
+        let mut b = HeldSpace::counting_into(total.clone());
+        a.grow(5);
+        a.grow(7);
+        b.grow(100);
+        assert_eq!((a.bytes(), b.bytes()), (12, 100));
+        assert_eq!(total.load(Ordering::Relaxed), 112);
+        drop(a);
+        assert_eq!(total.load(Ordering::Relaxed), 100);
+        drop(b);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+    }
 }

@@ -16,7 +16,9 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::Stream;
 
-pub use cache::{BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry};
+pub use cache::{
+    BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, HeldSpace,
+};
 pub use clock::Clock;
 pub use hardware::{HardwareError, HardwareProbe};
 pub use object_store::{ObjectBody, ObjectStore, ObjectStoreConnector, StoreError};

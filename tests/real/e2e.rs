@@ -306,7 +306,7 @@ async fn resources_of_every_size_round_trip_byte_exact_through_the_real_stack() 
     assert!(
         upload_peak <= 80 * 1024,
         "peak RSS {upload_peak} KiB uploading a 256 MiB resource (bound: 80 MiB, debug build)"
-);
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

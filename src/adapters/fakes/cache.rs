@@ -3,6 +3,7 @@
 //! stream reaches it), with hooks to damage entries and to make writes fail.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -14,7 +15,8 @@ use crate::domain::cache_record::{CacheRecord, RecordBuilder, block_checksum};
 use crate::domain::names::{Folder, ResourceName};
 use crate::ports::object_store::TAIL_LEN;
 use crate::ports::{
-    BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, ObjectBody,
+    BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, HeldSpace,
+    ObjectBody,
 };
 
 type Key = (String, String);
@@ -25,11 +27,14 @@ struct State {
     entries: HashMap<Key, (CacheRecord, Bytes, bool)>,
     fail_writes: bool,
     commits: usize,
+    /// Rooms made (`make_room` calls).
+    rooms_made: usize,
 }
 
 #[derive(Default, Clone)]
 pub struct FakeCache {
     state: Arc<Mutex<State>>,
+    held: Arc<AtomicU64>,
 }
 
 fn key(folder: &Folder, name: &ResourceName) -> Key {
@@ -39,6 +44,11 @@ fn key(folder: &Folder, name: &ResourceName) -> Key {
 impl FakeCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many times room was made for space held outside entries.
+    pub fn rooms_made(&self) -> usize {
+        lock(&self.state).rooms_made
     }
 
     pub fn contains(&self, folder: &str, name: &str) -> bool {
@@ -185,10 +195,20 @@ impl BigPartCache for FakeCache {
     async fn usage(&self) -> Result<CacheUsage, CacheError> {
         let s = lock(&self.state);
         Ok(CacheUsage {
-            bytes: s.entries.values().map(|(r, _, _)| r.big_len).sum(),
+            bytes: s.entries.values().map(|(r, _, _)| r.big_len).sum::<u64>()
+                + self.held.load(Ordering::Relaxed),
             entries: s.entries.len() as u64,
             limit: None,
         })
+    }
+
+    fn hold_space(&self) -> HeldSpace {
+        HeldSpace::counting_into(self.held.clone())
+    }
+
+    async fn make_room(&self) -> Result<(), CacheError> {
+        lock(&self.state).rooms_made += 1;
+        Ok(())
     }
 
     async fn entries(&self) -> Result<Vec<CachedEntry>, CacheError> {

@@ -219,12 +219,14 @@ async fn read_form(
                         }
                     } else {
                         let floor = state.limits.min_free_bytes;
-                        let mut held = Spool::new_in(&state.cache_dir, floor).map_err(|e| {
-                            HttpError::new(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                format!("cannot hold the upload: {e}"),
-                            )
-                        })?;
+                        let cache = state.resources.cache().clone();
+                        let mut held =
+                            Spool::new_in(&state.cache_dir, floor, cache).map_err(|e| {
+                                HttpError::new(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    format!("cannot hold the upload: {e}"),
+                                )
+                            })?;
                         while let Some(chunk) = field.chunk().await.map_err(form_error)? {
                             held.write(&chunk).await.map_err(|e| match e {
                                 SpoolError::NoRoom(floor) => no_room(floor),
