@@ -36,7 +36,7 @@ GiB = 1 << 30
 EMAIL = "demo@azaion.local"
 PASSWORD = "demo-password"
 FOLDER = "models"
-# PROTOCOL §1.4 with the dev stack's fragment (src/app/dev.rs: DEMO_FRAGMENT).
+# PROTOCOL §1.4 with the dev stack's fragment (src/startup/dev.rs: DEMO_FRAGMENT).
 DEV_FRAGMENT = b"dev-key-fragment"
 S3_READER = "dev-reader:dev-reader-secret"
 S3_WRITER = "dev-writer:dev-writer-secret"

@@ -1,18 +1,20 @@
-//! Adapters: one module per real thing behind a port (reqwest, S3, the
-//! filesystem, sysinfo, Docker via bollard or its CLI, the axum server),
-//! the in-memory fakes beside them, and the Resource API emulator used by
-//! the local stack and the integration tests.
+//! Adapters: everything that touches the world outside the use cases.
+//!
+//! - [`inbound`]: what drives the application (the HTTP API).
+//! - [`outbound`]: what the application drives, one module per real thing
+//!   behind a port (reqwest, S3, the file system, sysinfo, Docker via bollard
+//!   or its CLI, the clock), plus the retry and metering decorators.
+//! - [`devstack`]: the local peers of `azaion-loader dev` and the integration
+//!   tests (the Resource API emulator, an S3 server).
+//! - [`fakes`]: in-memory ports for the offline tests.
+//! - [`disk`]: free-space checks that both sides use (the cache, the
+//!   upload spool).
+//!
+//! docs/ARCHITECTURE.md gives the rule: `inbound` uses `app`; `outbound`
+//! implements `ports`; neither names the other.
 
+pub mod devstack;
 pub mod disk;
-pub mod docker_bollard;
-pub mod docker_cli;
-pub mod emulator;
 pub mod fakes;
-pub mod fs_cache;
-pub mod hardware_sysinfo;
-pub mod http;
-pub mod resource_api_http;
-pub mod retry;
-pub mod s3;
-pub mod s3_server;
-pub mod system_clock;
+pub mod inbound;
+pub mod outbound;

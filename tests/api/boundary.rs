@@ -228,9 +228,9 @@ async fn a_token_file_readable_by_others_is_refused_when_the_app_is_built() {
     let path = dir.path().join("loader.token");
     std::fs::write(&path, "token").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut config = azaion_loader::app::config::Config::defaults();
+    let mut config = azaion_loader::startup::config::Config::defaults();
     config.limits.token_file = Some(path);
-    let err = azaion_loader::app::caller_policy(&config).unwrap_err();
+    let err = azaion_loader::startup::caller_policy(&config).unwrap_err();
     assert!(
         err.to_string()
             .contains("readable or writable by other users"),

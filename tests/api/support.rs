@@ -8,12 +8,12 @@ use azaion_loader::adapters::fakes::{
     FakeCache, FakeClock, FakeHardware, FakeObjectStore, FakeObjectStoreConnector, FakeResourceApi,
     FakeRuntime,
 };
-use azaion_loader::app::config::Config;
-use azaion_loader::app::{Application, Ports};
 use azaion_loader::domain::cdn::{CdnConfig, S3Keys};
 use azaion_loader::domain::cipher::encrypt;
 use azaion_loader::domain::keys::{AesKey, resource_key};
 use azaion_loader::domain::split::split;
+use azaion_loader::startup::config::Config;
+use azaion_loader::startup::{Application, Ports};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -91,7 +91,7 @@ impl TestApp {
             cdn: connector.clone(),
             cache: if fs_cache {
                 Arc::new(
-                    azaion_loader::adapters::fs_cache::FsBigPartCache::open(
+                    azaion_loader::adapters::outbound::fs_cache::FsBigPartCache::open(
                         config.model_cache_dir.clone(),
                         None,
                     )

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use azaion_loader::app::dev::{DEMO_EMAIL, DEMO_FRAGMENT, DEMO_PASSWORD};
+use azaion_loader::startup::dev::{DEMO_EMAIL, DEMO_FRAGMENT, DEMO_PASSWORD};
 use sha2::{Digest, Sha256};
 
 use crate::support::{DevStack, loader, path, run_command, run_ok};

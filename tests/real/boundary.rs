@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use azaion_loader::app::dev::{self, DEMO_FOLDER, DEMO_RESOURCE};
+use azaion_loader::startup::dev::{self, DEMO_FOLDER, DEMO_RESOURCE};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use azaion_loader::app::dev::{self, DEMO_EMAIL, DEMO_FOLDER, DEMO_PASSWORD};
+use azaion_loader::startup::dev::{self, DEMO_EMAIL, DEMO_FOLDER, DEMO_PASSWORD};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use azaion_loader::adapters::docker_bollard::BollardRuntime;
-use azaion_loader::adapters::docker_cli::DockerCliRuntime;
+use azaion_loader::adapters::outbound::docker_bollard::BollardRuntime;
+use azaion_loader::adapters::outbound::docker_cli::DockerCliRuntime;
 use azaion_loader::ports::{ByteStream, ContainerRuntime, RuntimeError};
 use bollard::Docker;
 use bollard::query_parameters::RemoveImageOptionsBuilder;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use azaion_loader::app::dev::{self, DEMO_EMAIL, DEMO_FOLDER, DEMO_PASSWORD, DEMO_RESOURCE};
+use azaion_loader::startup::dev::{self, DEMO_EMAIL, DEMO_FOLDER, DEMO_PASSWORD, DEMO_RESOURCE};
 use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use azaion_loader::adapters::emulator::Route;
-use azaion_loader::app::dev::{self, DEMO_FOLDER};
+use azaion_loader::adapters::devstack::emulator::Route;
+use azaion_loader::startup::dev::{self, DEMO_FOLDER};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;

@@ -2,8 +2,8 @@
 //! emulator, s3s-fs, the filesystem cache): a failed re-upload answers 409,
 //! never a 200 with one upload's small part joined to another's big part.
 
-use azaion_loader::adapters::emulator::Route;
-use azaion_loader::app::dev::{self, DEMO_FOLDER};
+use azaion_loader::adapters::devstack::emulator::Route;
+use azaion_loader::startup::dev::{self, DEMO_FOLDER};
 
 use crate::e2e::{Loader, files_under, pattern};
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use azaion_loader::app::dev::{self, DEMO_FOLDER};
+use azaion_loader::startup::dev::{self, DEMO_FOLDER};
 use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use azaion_loader::adapters::emulator::{self, EmulatorConfig, EmulatorHandle, Route};
-use azaion_loader::adapters::resource_api_http::{HttpApiOptions, HttpResourceApi};
+use azaion_loader::adapters::devstack::emulator::{self, EmulatorConfig, EmulatorHandle, Route};
+use azaion_loader::adapters::outbound::resource_api_http::{HttpApiOptions, HttpResourceApi};
 use azaion_loader::domain::cdn::CdnConfig;
 use azaion_loader::domain::cipher;
 use azaion_loader::domain::keys::{AesKey, api_key, hardware_hash};

@@ -5,8 +5,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use azaion_loader::adapters::s3::{S3Connector, S3Options};
-use azaion_loader::adapters::s3_server::{self, S3ServerConfig, S3ServerHandle};
+use azaion_loader::adapters::devstack::s3_server::{self, S3ServerConfig, S3ServerHandle};
+use azaion_loader::adapters::outbound::s3::{S3Connector, S3Options};
 use azaion_loader::domain::cdn::{CdnConfig, S3Keys};
 use azaion_loader::domain::names::Folder;
 use azaion_loader::domain::secret::SecretString;

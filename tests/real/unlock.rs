@@ -7,10 +7,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use azaion_loader::adapters::emulator::Route;
-use azaion_loader::app::dev::{self, DEMO_EMAIL, DEMO_FRAGMENT, DEMO_PASSWORD, DevPeers};
+use azaion_loader::adapters::devstack::emulator::Route;
 use azaion_loader::domain::cipher::{Encryptor, encrypt};
 use azaion_loader::domain::keys::AesKey;
+use azaion_loader::startup::dev::{self, DEMO_EMAIL, DEMO_FRAGMENT, DEMO_PASSWORD, DevPeers};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

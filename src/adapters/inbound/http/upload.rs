@@ -19,16 +19,25 @@ use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::AppState;
 use super::form_guard::{BODY_IDLE, FormViolation, GuardedBody, ViolationSlot};
 use super::openapi::{ErrorBody, OkBody, UploadForm};
 use super::spool::{Spool, SpoolError};
 use super::{HttpError, path_name};
-use crate::app::AppState;
 use crate::domain::names::{Folder, ResourceName};
 use crate::ports::ByteStream;
 
 /// A `folder` text field longer than this is not a folder.
 const FOLDER_FIELD_MAX: u64 = 1024;
+
+/// What an upload may take (PROTOCOL §5.3).
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// Largest upload accepted, by its declared length or what arrives.
+    pub max_upload_bytes: u64,
+    /// Free space the spool and the cache leave on their file system.
+    pub min_free_bytes: u64,
+}
 
 fn bad(detail: impl Into<String>) -> HttpError {
     HttpError::new(StatusCode::BAD_REQUEST, detail)
@@ -130,7 +139,7 @@ pub async fn upload(
     })?;
     let name = ResourceName::parse(&path_name(path)?)?;
     state.session.session()?;
-    let limits = &state.limits;
+    let limits = &state.uploads;
     if let Some(declared) = declared_length(&headers) {
         if declared > limits.max_upload_bytes {
             return Err(HttpError::new(
@@ -218,7 +227,7 @@ async fn read_form(
                             }
                         }
                     } else {
-                        let floor = state.limits.min_free_bytes;
+                        let floor = state.uploads.min_free_bytes;
                         let cache = state.resources.cache().clone();
                         let mut held =
                             Spool::new_in(&state.cache_dir, floor, cache).map_err(|e| {

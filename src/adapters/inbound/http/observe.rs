@@ -13,8 +13,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Span;
 
-use crate::app::AppState;
-use crate::app::metrics::{self, Gauges};
+use super::AppState;
+use crate::adapters::outbound::metered::{CONTENT_TYPE, Gauges};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -117,10 +117,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         unlock: state.unlock.status(),
     });
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(metrics::CONTENT_TYPE),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         text,
     )
         .into_response()

@@ -19,8 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::Ports;
-use super::unlock::UnlockStatus;
+use crate::app::unlock::UnlockStatus;
 use crate::domain::cdn::CdnConfig;
 use crate::domain::names::{Folder, ResourceName};
 use crate::domain::secret::{SecretBytes, SecretString};
@@ -29,6 +28,7 @@ use crate::ports::{
     ApiError, BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry,
     Credentials, HeldSpace, ObjectBody, ObjectStore, ObjectStoreConnector, ResourceApi, StoreError,
 };
+use crate::startup::Ports;
 
 /// The media type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

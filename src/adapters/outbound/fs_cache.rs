@@ -193,7 +193,7 @@ impl FsBigPartCache {
             root,
             max_bytes,
             min_free_bytes: 0,
-            clock: Arc::new(crate::adapters::system_clock::SystemClock),
+            clock: Arc::new(crate::adapters::outbound::system_clock::SystemClock),
             names: Mutex::new(HashMap::new()),
             commits: Mutex::new(()),
             held: Arc::default(),

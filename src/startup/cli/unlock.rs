@@ -11,12 +11,12 @@ use clap::ArgGroup;
 
 use super::CliError;
 use super::progress::{Progress, ProgressMode};
-use crate::app::compose::real_ports;
-use crate::app::config::ServeArgs;
 use crate::app::unlock::{UnlockService, UnlockSettings};
 use crate::domain::secret::SecretString;
 use crate::domain::unlock::UnlockPhase;
 use crate::ports::Credentials;
+use crate::startup::compose::real_ports;
+use crate::startup::config::ServeArgs;
 
 /// How often the use case's status is read.
 const POLL: Duration = Duration::from_millis(200);

@@ -17,8 +17,8 @@ pub struct StatusArgs {
     url: Option<String>,
     /// The loader's listen setting, as `serve` takes it: an address, or
     /// `unix:/path/loader.sock` (used when no --url is given).
-    #[arg(long, env = "LOADER_LISTEN", default_value = crate::app::config::DEFAULT_LISTEN)]
-    listen: crate::app::config::Listen,
+    #[arg(long, env = "LOADER_LISTEN", default_value = crate::startup::config::DEFAULT_LISTEN)]
+    listen: crate::startup::config::Listen,
     /// The client token's file, as `serve` takes it (sent as `Authorization: Bearer`).
     #[arg(long, env = "LOADER_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
@@ -43,11 +43,11 @@ pub struct LoaderEndpoint {
 /// the token from `token_file` on every request.
 pub fn endpoint(
     url: Option<&str>,
-    listen: &crate::app::config::Listen,
+    listen: &crate::startup::config::Listen,
     token_file: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<LoaderEndpoint, CliError> {
-    use crate::app::config::Listen;
+    use crate::startup::config::Listen;
     // reqwest is built without a crypto provider (one TLS stack for the crate): add ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()

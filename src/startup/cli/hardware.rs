@@ -3,7 +3,7 @@
 //! contacts anything.
 
 use super::CliError;
-use crate::adapters::hardware_sysinfo::SysinfoProbe;
+use crate::adapters::outbound::hardware_sysinfo::SysinfoProbe;
 use crate::domain::keys::hardware_hash;
 use crate::ports::HardwareProbe;
 

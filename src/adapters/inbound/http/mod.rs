@@ -8,7 +8,7 @@
 //! Limits: a JSON body is at most 64 KiB (413 past that); an upload streams,
 //! but its `folder` and any unknown field are at most 1 KiB and a form holds
 //! at most 16 fields (400 past either). The request head's size and read time
-//! are bounded by the server (`crate::app`): hyper answers 431 to a head that
+//! are bounded by the accept loop ([`serve`]): hyper answers 431 to a head that
 //! is too large, before any handler and with an empty body.
 
 pub mod boundary;
@@ -17,9 +17,13 @@ pub mod form_guard;
 mod observe;
 mod openapi;
 mod page;
+pub mod serve;
 mod spool;
 mod upload;
 pub mod write_idle;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -39,13 +43,32 @@ use tower_http::trace::TraceLayer;
 pub use error::HttpError;
 pub use openapi::{ApiDoc, ErrorBody, document as openapi_document};
 
-use crate::app::AppState;
+use crate::adapters::outbound::metered::Metrics;
+use crate::app::resources::ResourceService;
+use crate::app::session::SessionService;
+use crate::app::unlock::UnlockService;
 use crate::domain::names::{Folder, ResourceName};
 use crate::ports::Credentials;
 use openapi::{
     CredentialsBody, HealthBody, LoadBody, OkBody, ResourceBytes, StatusBody, UnlockProgressBody,
     UnlockStartBody, UnlockStatusBody,
 };
+
+pub use upload::UploadLimits;
+
+/// The state every HTTP handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub session: Arc<SessionService>,
+    pub resources: Arc<ResourceService>,
+    pub unlock: Arc<UnlockService>,
+    /// Absolute path of the cache folder, reported by `/status`.
+    pub cache_dir: PathBuf,
+    /// What `GET /metrics` reports; the API, CDN and cache ports count into it.
+    pub metrics: Arc<Metrics>,
+    /// PROTOCOL §5.3's upload limits.
+    pub uploads: UploadLimits,
+}
 
 /// JSON bodies are small; uploads have their own (streaming) route.
 const JSON_BODY_LIMIT: usize = 64 * 1024;

@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use super::AppState;
 use super::HttpError;
 use super::openapi::{CacheBody, CacheEntryBody, CacheUsageBody, ErrorBody};
-use crate::app::AppState;
 use crate::ports::CacheError;
 
 const TEMPLATE: &str = include_str!("page/status.html");

@@ -3,7 +3,7 @@
 //! a secret, and never prints one: [`Config::describe`] masks anything named
 //! like a secret and the user part of URLs.
 
-use super::ranged::CdnReads;
+use crate::app::ranged::CdnReads;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;

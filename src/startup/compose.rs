@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use super::Ports;
 use super::config::{Config, RuntimeKind};
-use crate::adapters::docker_bollard::BollardRuntime;
-use crate::adapters::docker_cli::DockerCliRuntime;
-use crate::adapters::fs_cache::FsBigPartCache;
-use crate::adapters::hardware_sysinfo::SysinfoProbe;
-use crate::adapters::resource_api_http::{HttpApiOptions, HttpResourceApi};
-use crate::adapters::retry::{RetryPolicy, RetryingResourceApi};
-use crate::adapters::s3::S3Connector;
-use crate::adapters::system_clock::SystemClock;
+use crate::adapters::outbound::docker_bollard::BollardRuntime;
+use crate::adapters::outbound::docker_cli::DockerCliRuntime;
+use crate::adapters::outbound::fs_cache::FsBigPartCache;
+use crate::adapters::outbound::hardware_sysinfo::SysinfoProbe;
+use crate::adapters::outbound::resource_api_http::{HttpApiOptions, HttpResourceApi};
+use crate::adapters::outbound::retry::{RetryPolicy, RetryingResourceApi};
+use crate::adapters::outbound::s3::S3Connector;
+use crate::adapters::outbound::system_clock::SystemClock;
 use crate::ports::ContainerRuntime;
 
 /// Builds every real adapter. Errors name the part that could not be built.
