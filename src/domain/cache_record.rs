@@ -288,6 +288,18 @@ mod tests {
     }
 
     #[test]
+    fn the_small_part_digest_is_sha256_as_lowercase_hex() {
+        // FIPS 180-2's "abc" example.
+        let digest = small_part_digest(b"abc");
+        assert_eq!(
+            small_sha256_hex(&digest),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(small_part_digest(b"abd"), digest);
+        assert_eq!(small_sha256_hex(&[0x0f; 32]), "0f".repeat(32));
+    }
+
+    #[test]
     fn garbage_is_not_a_record() {
         assert_eq!(RecordHeader::decode(b"short"), Err(MalformedRecord));
         assert_eq!(
