@@ -147,3 +147,5 @@ login
 log "pass 2: /login and /unlock"
 run_schemathesis --include-path /login --include-path /unlock
 log "passed"
+# The metrics after all that traffic, linted by promtool.
+scripts/promtool-check.sh "$BASE"

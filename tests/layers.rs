@@ -1,7 +1,7 @@
 //! The one-way layering of docs/ARCHITECTURE.md, checked on the source text:
-//! `src/app` (the use cases) names only `domain` and `ports`; the outbound
-//! adapters never name the inbound ones, and no layer but `startup` names
-//! `startup`. A `use` that breaks the rule fails this test, with the file
+//! `src/app` (the use cases) names only `domain` and `ports`; the inbound
+//! adapters use `app` but never the outbound ones; the outbound adapters
+//! implement `ports` and name no use case; only `startup` names `startup`. A `use` that breaks the rule fails this test, with the file
 //! and line.
 
 use std::path::{Path, PathBuf};
@@ -78,6 +78,36 @@ fn the_use_cases_name_only_the_domain_and_the_ports() {
     assert!(
         found.is_empty(),
         "src/app breaks the layering:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_inbound_adapters_use_the_app_and_never_the_outbound_side() {
+    let found = violations(
+        "adapters/inbound",
+        &[
+            "crate::adapters::outbound",
+            "crate::adapters::devstack",
+            "crate::startup",
+        ],
+    );
+    assert!(
+        found.is_empty(),
+        "src/adapters/inbound breaks the layering:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_outbound_adapters_implement_ports_and_name_no_use_case() {
+    let found = violations(
+        "adapters/outbound",
+        &["crate::app", "crate::adapters::inbound", "crate::startup"],
+    );
+    assert!(
+        found.is_empty(),
+        "src/adapters/outbound breaks the layering:\n{}",
         found.join("\n")
     );
 }

@@ -15,9 +15,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::adapters::inbound::http::boundary::{CallerPolicy, ClientToken};
+use crate::adapters::inbound::http::metrics::HttpMetrics;
 use crate::adapters::inbound::http::serve::{Listener, ServeOptions, bind_unix};
 use crate::adapters::inbound::http::{self, AppState, UploadLimits};
-use crate::adapters::outbound::metered::{self as metrics, Metrics};
+use crate::adapters::outbound::metered::{
+    UpstreamMetrics, metered_api, metered_cache, metered_cdn,
+};
 use crate::app::resources::{self, ResourceService};
 use crate::app::session::SessionService;
 use crate::app::unlock::{UnlockService, UnlockSettings};
@@ -25,6 +28,7 @@ use crate::ports::{
     BigPartCache, Clock, ContainerRuntime, HardwareProbe, ObjectStoreConnector, ResourceApi,
 };
 use config::{Config, Listen};
+use prometheus_client::registry::Registry;
 
 /// How long requests in flight may run on after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -45,8 +49,17 @@ pub struct Ports {
 /// Wires the use cases to `ports` (metered) for the HTTP adapter.
 pub fn app_state(config: &Config, ports: Ports) -> AppState {
     {
-        let metrics = Arc::new(Metrics::new());
-        let ports = metrics::metered(ports, &metrics);
+        // One registry: the decorators around the ports and the HTTP API
+        // declare their families in it; GET /metrics renders it.
+        let mut registry = Registry::with_prefix("azaion");
+        let upstream = UpstreamMetrics::register(&mut registry);
+        let ports = Ports {
+            api: metered_api(ports.api, &upstream),
+            cdn: metered_cdn(ports.cdn, &upstream),
+            cache: metered_cache(ports.cache, &upstream),
+            ..ports
+        };
+        let metrics = HttpMetrics::new(registry);
         let session = Arc::new(SessionService::new(
             ports.api.clone(),
             ports.cdn.clone(),

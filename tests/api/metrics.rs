@@ -106,8 +106,8 @@ async fn metrics_count_a_login_two_loads_and_the_404s() {
         ("azaion_session_authenticated", 1.0),
         (r#"azaion_unlock_state{state="idle"}"#, 1.0),
         (r#"azaion_unlock_state{state="ready"}"#, 0.0),
-        ("azaion_unlock_bytes_done", 0.0),
-        ("azaion_unlock_bytes_total", 0.0),
+        ("azaion_unlock_decrypted_bytes", 0.0),
+        ("azaion_unlock_archive_bytes", 0.0),
     ] {
         assert_sample(&text, series, expected);
     }

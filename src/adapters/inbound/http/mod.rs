@@ -14,6 +14,7 @@
 pub mod boundary;
 mod error;
 pub mod form_guard;
+pub mod metrics;
 mod observe;
 mod openapi;
 mod page;
@@ -43,7 +44,6 @@ use tower_http::trace::TraceLayer;
 pub use error::HttpError;
 pub use openapi::{ApiDoc, ErrorBody, document as openapi_document};
 
-use crate::adapters::outbound::metered::Metrics;
 use crate::app::resources::ResourceService;
 use crate::app::session::SessionService;
 use crate::app::unlock::UnlockService;
@@ -64,8 +64,9 @@ pub struct AppState {
     pub unlock: Arc<UnlockService>,
     /// Absolute path of the cache folder, reported by `/status`.
     pub cache_dir: PathBuf,
-    /// What `GET /metrics` reports; the API, CDN and cache ports count into it.
-    pub metrics: Arc<Metrics>,
+    /// What `GET /metrics` reports; the API, CDN and cache ports count into
+    /// the same registry.
+    pub metrics: Arc<metrics::HttpMetrics>,
     /// PROTOCOL §5.3's upload limits.
     pub uploads: UploadLimits,
 }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Span;
 
 use super::AppState;
-use crate::adapters::outbound::metered::{CONTENT_TYPE, Gauges};
+use super::metrics::{CONTENT_TYPE, Gauges};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -86,8 +86,11 @@ pub async fn count_and_log(State(state): State<AppState>, req: Request, next: Ne
     let response = next.run(req).await;
     let status = response.status().as_u16();
     let route = route.as_deref().unwrap_or("unmatched");
-    state.metrics.record_request(route, &method, status);
-    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .record_request(route, &method, status, elapsed);
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     if method == Method::GET && QUIET_ROUTES.contains(&route) {
         tracing::debug!(status, elapsed_ms, "answered");
     } else {
