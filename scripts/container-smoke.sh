@@ -15,11 +15,14 @@
 #     root, no capabilities) and becomes healthy by its own HEALTHCHECK;
 #   - answers `azaion-loader status` through `docker exec`;
 #   - stops cleanly, in time, on `docker stop` (SIGTERM to PID 1);
-#   - runs the offline local stack (`dev`, data on the cache volume) on the
-#     host network: GET /health answers 200, login, load, upload and load again
-#     work, unlock loads an image archive into Docker through the mounted
-#     socket (as the non-root user, by the socket's group, like the compose
-#     file), and `status --url http://localhost:PORT` resolves a host name.
+#   - serves, on the host network, against the offline local stack's peers
+#     (the Resource API emulator and S3 of a host-side `azaion-loader dev`:
+#     the image is the production build, --no-default-features, without
+#     them): GET /health answers 200, login, load, upload and load again work
+#     (data on the cache volume), unlock loads an image archive into Docker
+#     through the mounted socket (as the non-root user, by the socket's
+#     group, like the compose file), and `status --url http://localhost:PORT`
+#     resolves a host name.
 #
 #   scripts/container-smoke.sh
 #
@@ -52,6 +55,7 @@ cleanup() {
         docker rm -f "$container" >/dev/null 2>&1 || true
     done
     docker image rm -f "$tag" >/dev/null 2>&1 || true
+    if [ -n "${peers_pid:-}" ]; then kill "$peers_pid" 2>/dev/null || true; wait "$peers_pid" 2>/dev/null || true; fi
     if [ -n "${unlock_tag:-}" ]; then docker image rm -f "$unlock_tag" >/dev/null 2>&1 || true; fi
     rm -rf -- "$work"
     if [ -n "$daemon_dir" ]; then
@@ -85,9 +89,16 @@ docker version >/dev/null 2>&1 || die "the Docker daemon at ${DOCKER_HOST} does 
 
 # --- the binary ----------------------------------------------------------------
 
-cargo build --release --locked
+# The production build, as packaging/Dockerfile makes it: no local stack in it.
+cargo build --release --locked --no-default-features
 binary="${CARGO_TARGET_DIR:-target}/release/azaion-loader"
 [ -x "$binary" ] || die "no binary at $binary after cargo build"
+if "$binary" dev --help >/dev/null 2>&1; then
+    die "the production binary has the dev stack in it"
+fi
+# The local stack's peers (emulator, S3) come from the default build.
+cargo build --locked --quiet --bin azaion-loader
+dev_binary="${CARGO_TARGET_DIR:-target}/debug/azaion-loader"
 expected_version="$("$binary" --version)"
 info "binary $binary: $expected_version"
 
@@ -287,10 +298,25 @@ else
     info "DOCKER_HOST is not a local unix socket: the unlock check is skipped"
 fi
 base="http://127.0.0.1:$port"
-dev_name="azaion-smoke-dev-$$"
+# The peers: a host-side local stack (its own loader, on another port, is unused).
+peers_port="$(free_port)" || die "no free port found"
+"$dev_binary" dev --listen "127.0.0.1:$peers_port" --data-dir "$work/peers" >"$work/peers.log" 2>&1 &
+peers_pid=$!
+api_url=""
+for _ in $(seq 1 120); do
+    api_url="$(sed -n 's/^  Resource API (emul.) *//p' "$work/peers.log" | head -n 1)"
+    [ -n "$api_url" ] && break
+    kill -0 "$peers_pid" 2>/dev/null || break
+    sleep 0.5
+done
+[ -n "$api_url" ] || { cat "$work/peers.log" >&2; die "the local stack's peers did not start"; }
+info "peers of the local stack: Resource API at $api_url"
+dev_name="azaion-smoke-serve-peers-$$"
 containers+=("$dev_name")
-if docker run -d --name "$dev_name" "${hardening[@]}" "${socket_mount[@]}" --network host "$tag" \
-    dev --listen "127.0.0.1:$port" --data-dir "$cache_dir/dev" --images "$unlock_tag" >/dev/null; then
+if docker run -d --name "$dev_name" "${hardening[@]}" "${socket_mount[@]}" --network host \
+    -e "LOADER_LISTEN=127.0.0.1:$port" -e "RESOURCE_API_URL=$api_url" \
+    -e "IMAGES_PATH=$cache_dir/images.enc" -e "LOADER_IMAGES=$unlock_tag" \
+    "$tag" serve >/dev/null; then
     deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
     ready=0
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -302,9 +328,9 @@ if docker run -d --name "$dev_name" "${hardening[@]}" "${socket_mount[@]}" --net
         sleep 1
     done
     if [ "$ready" = 1 ]; then
-        pass "dev (host network, port $port, data on the cache volume) is up: docker exec status answers"
+        pass "serve (host network, port $port, data on the cache volume, the local stack's peers) is up: docker exec status answers"
     else
-        fail "dev did not come up on $base"
+        fail "serve did not come up on $base"
         show_logs "$dev_name"
     fi
     if ! command -v curl >/dev/null 2>&1; then
@@ -338,7 +364,7 @@ if docker run -d --name "$dev_name" "${hardening[@]}" "${socket_mount[@]}" --net
         fi
         if [ "${#socket_mount[@]}" -gt 0 ]; then
             unlock_state=""
-            if docker cp "$work/images.enc" "$dev_name:$cache_dir/dev/images.enc" &&
+            if docker cp "$work/images.enc" "$dev_name:$cache_dir/images.enc" &&
                 curl -sf -X POST "$base/unlock" -H 'content-type: application/json' \
                     -d "{\"email\":\"$DEMO_EMAIL\",\"password\":\"$DEMO_PASSWORD\"}" >/dev/null; then
                 deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
@@ -363,7 +389,7 @@ if docker run -d --name "$dev_name" "${hardening[@]}" "${socket_mount[@]}" --net
         fail "status --url http://localhost:$port from a second container: $status_output"
     fi
 else
-    fail "docker run --network host ... dev failed"
+    fail "docker run --network host ... serve failed"
 fi
 
 # The fingerprint a device registers is the one the loader sees: in a

@@ -1,6 +1,11 @@
 //! The claims of the Resource API's JWT (PROTOCOL §2.1), read without the
 //! signing key: the loader only needs who it is and when the token runs out.
+//! A JWT is three base64url parts joined by dots; the claims are the middle
+//! one's JSON. Decoded here with `base64` and `serde_json`, so the loader
+//! carries no JWT signing library (and none of its RSA/ECDSA code).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +20,13 @@ pub struct Claims {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the API's token is not a readable JWT")]
 pub struct MalformedToken;
+
+/// The JOSE header: only checked to be a JSON object naming an algorithm.
+#[derive(Deserialize)]
+struct RawHeader {
+    #[allow(dead_code)]
+    alg: String,
+}
 
 #[derive(Deserialize)]
 struct RawClaims {
@@ -37,9 +49,19 @@ fn as_text(v: serde_json::Value) -> Option<String> {
 
 impl Claims {
     pub fn from_jwt(token: &str) -> Result<Self, MalformedToken> {
-        let data = jsonwebtoken::dangerous::insecure_decode::<RawClaims>(token)
-            .map_err(|_| MalformedToken)?;
-        let raw = data.claims;
+        let mut parts = token.split('.');
+        let (Some(header), Some(claims), Some(_signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(MalformedToken);
+        };
+        let json = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part.trim_end_matches('='))
+                .map_err(|_| MalformedToken)
+        };
+        serde_json::from_slice::<RawHeader>(&json(header)?).map_err(|_| MalformedToken)?;
+        let raw: RawClaims = serde_json::from_slice(&json(claims)?).map_err(|_| MalformedToken)?;
         let exp = raw.exp.and_then(|v| match v {
             serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
             serde_json::Value::String(s) => s.parse().ok(),
@@ -66,8 +88,6 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn jwt(claims: &str) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
@@ -101,5 +121,15 @@ mod tests {
     fn rejects_garbage() {
         assert_eq!(Claims::from_jwt("not a jwt"), Err(MalformedToken));
         assert_eq!(Claims::from_jwt("a.b.c"), Err(MalformedToken));
+        let good = jwt(r#"{"sub":"1"}"#);
+        assert!(Claims::from_jwt(&good).is_ok());
+        // Two parts, four parts, a header that is not JSON, claims that are not an object.
+        let (header, rest) = good.split_once('.').unwrap();
+        let claims = rest.split('.').next().unwrap();
+        assert_eq!(Claims::from_jwt(&format!("{header}.{claims}")), Err(MalformedToken));
+        assert_eq!(Claims::from_jwt(&format!("{good}.x")), Err(MalformedToken));
+        let not_json = URL_SAFE_NO_PAD.encode(b"alg=HS256");
+        assert_eq!(Claims::from_jwt(&format!("{not_json}.{claims}.c2ln")), Err(MalformedToken));
+        assert_eq!(Claims::from_jwt(&jwt("[1,2]")), Err(MalformedToken));
     }
 }

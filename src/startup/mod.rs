@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod compose;
 pub mod config;
+#[cfg(feature = "dev-stack")]
 pub mod dev;
 
 use std::future::Future;

@@ -12,7 +12,9 @@ pub mod status;
 pub mod unlock;
 
 use std::future::Future;
+#[cfg(feature = "dev-stack")]
 use std::net::SocketAddr;
+#[cfg(feature = "dev-stack")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,8 +24,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use super::config::{DEFAULT_LISTEN, ServeArgs, parse_image_list};
-use super::{Application, compose::real_ports, dev};
+use super::config::ServeArgs;
+#[cfg(feature = "dev-stack")]
+use super::config::{DEFAULT_LISTEN, parse_image_list};
+#[cfg(feature = "dev-stack")]
+use super::dev;
+use super::{Application, compose::real_ports};
 use progress::ProgressMode;
 
 #[derive(Parser)]
@@ -61,6 +67,7 @@ A config file uses the flag names with underscores, for example:
   api_connect_timeout_secs = 5
   api_request_timeout_secs = 60";
 
+#[cfg(feature = "dev-stack")]
 const DEV_EXAMPLES: &str = "\
 Examples:
   azaion-loader dev            (then paste the printed curl lines)
@@ -132,6 +139,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the loader with a Resource API emulator and an S3 server, all on
     /// 127.0.0.1, offline.
+    #[cfg(feature = "dev-stack")]
     #[command(after_help = DEV_EXAMPLES)]
     Dev {
         /// Address of the loader.
@@ -215,7 +223,9 @@ impl Command {
     /// their final error say the rest).
     fn default_log_filter(&self) -> &'static str {
         match self {
-            Self::Serve(_) | Self::Dev { .. } => "info",
+            Self::Serve(_) => "info",
+            #[cfg(feature = "dev-stack")]
+            Self::Dev { .. } => "info",
             // The unlock use case logs its failure; the command prints it once, at the end.
             Self::Unlock(_) => "warn,azaion_loader::app::unlock=error",
             _ => "warn",
@@ -378,6 +388,7 @@ pub fn check_resource_api_url(url: &str, allow_insecure_http: bool) -> Result<()
 async fn dispatch(command: Command, mode: ProgressMode) -> Result<(), CliError> {
     match command {
         Command::Serve(args) => serve(args).await,
+        #[cfg(feature = "dev-stack")]
         Command::Dev {
             listen,
             data_dir,
