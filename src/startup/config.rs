@@ -1,4 +1,4 @@
-//! The loader's configuration (PROTOCOL §7), read once at start: flags over
+//! The loader's configuration (docs/PROTOCOL.md §7), read once at start: flags over
 //! the environment over an optional TOML file over the defaults. Never holds
 //! a secret, and never prints one: [`Config::describe`] masks anything named
 //! like a secret and the user part of URLs.
@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Where the service listens: a TCP address, or a Unix socket
-/// (`unix:/run/azaion-loader/loader.sock`, PROTOCOL §5.3.4).
+/// (`unix:/run/azaion-loader/loader.sock`, docs/PROTOCOL.md §5.3.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
     Tcp(SocketAddr),
@@ -93,7 +93,7 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// The settings of PROTOCOL §5.3: who may call, and the limits that keep a
+/// The settings of docs/PROTOCOL.md §5.3: who may call, and the limits that keep a
 /// flood, a full disk or a hung peer from taking the device down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {

@@ -1,5 +1,5 @@
 //! The offline file commands: `encrypt`/`decrypt` with a key string
-//! (PROTOCOL §1.2), `split`/`join` (§1.3) and `pack-images` (§1.4). All of
+//! (docs/PROTOCOL.md §1.2), `split`/`join` (§1.3) and `pack-images` (§1.4). All of
 //! them stream in fixed chunks and write outputs whole or not at all. Keys
 //! never reach a log, an error or the progress display.
 
@@ -34,14 +34,14 @@ pub const SPLIT_LOOKAHEAD: usize = (SMALL_PART_MAX * 10).div_ceil(3) as usize;
         .args(["key", "key_env", "resource_key"])
 ))]
 pub struct KeyArgs {
-    /// The key string; the AES key is SHA-256 of it (PROTOCOL §1.2). Other
+    /// The key string; the AES key is SHA-256 of it (docs/PROTOCOL.md §1.2). Other
     /// users of the machine can see command lines: prefer --key-env.
     #[arg(long, value_name = "KEY STRING")]
     key: Option<String>,
     /// Name of an environment variable that holds the key string.
     #[arg(long, value_name = "VAR")]
     key_env: Option<String>,
-    /// Use the resource key shared by every resource (PROTOCOL §1.1), as
+    /// Use the resource key shared by every resource (docs/PROTOCOL.md §1.1), as
     /// the loader does before the big/small split.
     #[arg(long)]
     resource_key: bool,
@@ -274,7 +274,7 @@ pub fn split(args: SplitArgs, mode: ProgressMode, cancel: &AtomicBool) -> Result
 fn check_parts(small_len: u64, total: u64) -> Result<(), CliError> {
     if small_part_len(total) != small_len {
         return Err(CliError::Failed(format!(
-            "the parts do not belong together: a {total}-byte resource has a small part of {} bytes (PROTOCOL §1.3), not {small_len} (swapped, or from different resources?); nothing was written",
+            "the parts do not belong together: a {total}-byte resource has a small part of {} bytes (docs/PROTOCOL.md §1.3), not {small_len} (swapped, or from different resources?); nothing was written",
             small_part_len(total)
         )));
     }

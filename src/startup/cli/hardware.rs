@@ -1,4 +1,4 @@
-//! `hardware`: the device's fingerprint line (PROTOCOL §4) and its hash
+//! `hardware`: the device's fingerprint line (docs/PROTOCOL.md §4) and its hash
 //! (§1.1), exactly as the loader computes them at login. Read-only: it never
 //! contacts anything.
 

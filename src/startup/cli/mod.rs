@@ -92,13 +92,13 @@ Example:
   azaion-loader split model.enc --small model.onnx.small --big model.onnx.big
 
 The small part is the first min(3072, floor(3n/10)) bytes of the n-byte
-encrypted resource (PROTOCOL §1.3), the big part the rest.";
+encrypted resource (docs/PROTOCOL.md §1.3), the big part the rest.";
 
 const JOIN_EXAMPLES: &str = "\
 Example:
   azaion-loader join --small model.onnx.small --big model.onnx.big model.enc
 
-The parts are checked against PROTOCOL §1.3 (swapped or mismatched parts are refused).";
+The parts are checked against docs/PROTOCOL.md §1.3 (swapped or mismatched parts are refused).";
 
 const PACK_IMAGES_EXAMPLES: &str = "\
 Examples:
@@ -106,7 +106,7 @@ Examples:
   azaion-loader pack-images --fragment fragment.bin images.tar /opt/azaion/images.enc
   docker save azaion/detector:1.4 | azaion-loader pack-images --fragment fragment.bin - images.enc
 
-images.enc = IV || AES-256-CBC(SHA-256(fragment), IV, PKCS#7(tar)) (PROTOCOL §1.4).";
+images.enc = IV || AES-256-CBC(SHA-256(fragment), IV, PKCS#7(tar)) (docs/PROTOCOL.md §1.4).";
 
 const UNLOCK_EXAMPLES: &str = "\
 Examples:
@@ -122,7 +122,7 @@ const HARDWARE_EXAMPLES: &str = "\
 Example:
   azaion-loader hardware
 
-Prints the fingerprint line (PROTOCOL §4), then `hash: ` and its hash (§1.1).";
+Prints the fingerprint line (docs/PROTOCOL.md §4), then `hash: ` and its hash (§1.1).";
 
 const STATUS_EXAMPLES: &str = "\
 Examples:
@@ -134,7 +134,7 @@ Exits non-zero when the loader cannot be reached or is not healthy.";
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the service (production), configured by flags, the environment of
-    /// PROTOCOL §7 or a TOML file.
+    /// docs/PROTOCOL.md §7 or a TOML file.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
     /// Run the loader with a Resource API emulator and an S3 server, all on
@@ -155,19 +155,19 @@ pub enum Command {
         #[arg(long, env = "LOADER_IMAGES", default_value = "")]
         images: String,
     },
-    /// Encrypt a file with a key string (PROTOCOL §1.2), streaming.
+    /// Encrypt a file with a key string (docs/PROTOCOL.md §1.2), streaming.
     #[command(after_help = ENCRYPT_EXAMPLES)]
     Encrypt(crypt::EncryptArgs),
     /// Decrypt a file made by `encrypt` (or a joined resource), streaming.
     #[command(after_help = DECRYPT_EXAMPLES)]
     Decrypt(crypt::DecryptArgs),
-    /// Split an encrypted resource into its small and big parts (PROTOCOL §1.3).
+    /// Split an encrypted resource into its small and big parts (docs/PROTOCOL.md §1.3).
     #[command(after_help = SPLIT_EXAMPLES)]
     Split(crypt::SplitArgs),
     /// Join a small and a big part back into the encrypted resource.
     #[command(after_help = JOIN_EXAMPLES)]
     Join(crypt::JoinArgs),
-    /// Encrypt a `docker save` archive into images.enc with a key fragment (PROTOCOL §1.4).
+    /// Encrypt a `docker save` archive into images.enc with a key fragment (docs/PROTOCOL.md §1.4).
     #[command(after_help = PACK_IMAGES_EXAMPLES)]
     PackImages(crypt::PackImagesArgs),
     /// Unlock the image archive here and now, without the HTTP service.
@@ -330,7 +330,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
 }
 
 /// No core dumps, and no ptrace by other processes of the same user: the
-/// process holds decrypted models and keys in memory (PROTOCOL §5.3).
+/// process holds decrypted models and keys in memory (docs/PROTOCOL.md §5.3).
 fn harden_process() {
     #[cfg(target_os = "linux")]
     if let Err(e) =
