@@ -126,10 +126,16 @@ mod tests {
         // Two parts, four parts, a header that is not JSON, claims that are not an object.
         let (header, rest) = good.split_once('.').unwrap();
         let claims = rest.split('.').next().unwrap();
-        assert_eq!(Claims::from_jwt(&format!("{header}.{claims}")), Err(MalformedToken));
+        assert_eq!(
+            Claims::from_jwt(&format!("{header}.{claims}")),
+            Err(MalformedToken)
+        );
         assert_eq!(Claims::from_jwt(&format!("{good}.x")), Err(MalformedToken));
         let not_json = URL_SAFE_NO_PAD.encode(b"alg=HS256");
-        assert_eq!(Claims::from_jwt(&format!("{not_json}.{claims}.c2ln")), Err(MalformedToken));
+        assert_eq!(
+            Claims::from_jwt(&format!("{not_json}.{claims}.c2ln")),
+            Err(MalformedToken)
+        );
         assert_eq!(Claims::from_jwt(&jwt("[1,2]")), Err(MalformedToken));
     }
 }
