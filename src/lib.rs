@@ -12,3 +12,5 @@ pub mod app;
 pub mod domain;
 pub mod ports;
 pub mod startup;
+#[cfg(feature = "test-support")]
+pub mod test_support;

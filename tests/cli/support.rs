@@ -8,41 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Settings the loader reads from the environment: a developer's own must not leak in.
-const LOADER_ENV: &[&str] = &[
-    "LOADER_LISTEN",
-    "RESOURCE_API_URL",
-    "MODEL_CACHE_DIR",
-    "MODEL_CACHE_MAX_BYTES",
-    "IMAGES_PATH",
-    "LOADER_IMAGES",
-    "LOADER_RUNTIME",
-    "API_CONNECT_TIMEOUT_SECS",
-    "API_REQUEST_TIMEOUT_SECS",
-    "CDN_SEGMENT_MIB",
-    "CDN_PARALLEL_READS",
-    "LOADER_CONFIG",
-    "LOADER_ALLOWED_HOSTS",
-    "LOADER_TOKEN_FILE",
-    "LOADER_MAX_UPLOAD_BYTES",
-    "MODEL_CACHE_MIN_FREE_BYTES",
-    "LOADER_MAX_TRANSFERS",
-    "UNLOCK_TIMEOUT_SECS",
-    "LOADER_ALLOW_INSECURE_HTTP",
-    "LOADER_MAX_CONNECTIONS",
-    "LOADER_URL",
-    "RUST_LOG",
-    "LOG_FORMAT_JSON",
-];
-
 /// The binary, with none of the loader's settings in its environment.
 pub fn loader() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_azaion-loader"));
-    for var in LOADER_ENV {
-        command.env_remove(var);
-    }
-    command.stdin(Stdio::null());
-    command
+    azaion_loader::test_support::clean_command(Path::new(env!("CARGO_BIN_EXE_azaion-loader")))
 }
 
 /// What a finished run left.

@@ -17,7 +17,8 @@ use azaion_loader::startup::dev::{self, DEMO_FOLDER, DEMO_RESOURCE};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::e2e::{Loader, files_under};
+use crate::e2e::{Loader, files_under, spawn_loader};
+use azaion_loader::test_support::clean_command;
 
 const MIB: u64 = 1 << 20;
 
@@ -178,7 +179,7 @@ async fn post_body(
 async fn a_boundary_less_flood_is_answered_early_and_grows_memory_by_less_than_32_mib() {
     let dir = tempfile::tempdir().unwrap();
     let peers = dev::peers_in(dir.path()).await.unwrap();
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     let before = vm_hwm_kib(loader.child.id());
     let answer = post_body(
@@ -225,7 +226,7 @@ impl OnTmpfs {
         let dir = tempfile::tempdir().unwrap();
         let peers = dev::peers_in(dir.path()).await.unwrap();
         let cache = fs.0.join("cache");
-        let loader = Loader::spawn(
+        let loader = spawn_loader(
             &peers.emulator.base_url(),
             dir.path(),
             &[
@@ -336,7 +337,7 @@ async fn a_disk_fill_upload_gets_507_and_gives_every_byte_back() {
 async fn a_rebound_host_is_refused_by_the_binary_and_the_session_stays() {
     let dir = tempfile::tempdir().unwrap();
     let peers = dev::peers_in(dir.path()).await.unwrap();
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     let load = |host: Option<&'static str>| {
         let mut request = loader
@@ -368,13 +369,12 @@ async fn the_unix_socket_serves_with_mode_0660_replaces_a_stale_socket_and_is_re
     std::fs::write(&token_file, "sock-token\n").unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let listen = format!("unix:{}", socket.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_azaion-loader"))
+    let mut child = clean_command(Path::new(env!("CARGO_BIN_EXE_azaion-loader")))
         .arg("serve")
         .env("LOADER_LISTEN", &listen)
         .env("LOADER_TOKEN_FILE", &token_file)
         .env("RESOURCE_API_URL", peers.emulator.base_url())
         .env("MODEL_CACHE_DIR", dir.path().join("cache"))
-        .env_remove("LOADER_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -431,11 +431,10 @@ async fn the_unix_socket_serves_with_mode_0660_replaces_a_stale_socket_and_is_re
         "200"
     );
     // `status` reads the same listen and token settings as `serve`.
-    let status = Command::new(env!("CARGO_BIN_EXE_azaion-loader"))
+    let status = clean_command(Path::new(env!("CARGO_BIN_EXE_azaion-loader")))
         .arg("status")
         .env("LOADER_LISTEN", &listen)
         .env("LOADER_TOKEN_FILE", &token_file)
-        .env_remove("LOADER_URL")
         .output()
         .unwrap();
     assert!(
@@ -444,11 +443,9 @@ async fn the_unix_socket_serves_with_mode_0660_replaces_a_stale_socket_and_is_re
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(String::from_utf8_lossy(&status.stdout).contains(&listen));
-    let refused = Command::new(env!("CARGO_BIN_EXE_azaion-loader"))
+    let refused = clean_command(Path::new(env!("CARGO_BIN_EXE_azaion-loader")))
         .arg("status")
         .env("LOADER_LISTEN", &listen)
-        .env_remove("LOADER_TOKEN_FILE")
-        .env_remove("LOADER_URL")
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));

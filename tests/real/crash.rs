@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::e2e::{Loader, files_under, pattern};
+use crate::e2e::{Loader, files_under, pattern, spawn_loader};
 
 /// Every file under the cache: none may be a temporary left by a crash, and
 /// every entry must still load byte-exact.
@@ -61,7 +61,7 @@ async fn kill_9_during_a_download_leaves_no_partial_cache_file_and_a_restart_ser
     )
     .await
     .unwrap();
-    let mut loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let mut loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     let r = loader
         .client
@@ -80,7 +80,7 @@ async fn kill_9_during_a_download_leaves_no_partial_cache_file_and_a_restart_ser
     let cache = dir.path().join("cache");
     drop(loader);
 
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     let files = cache_files(&cache);
     assert!(
         files.iter().all(|f| !f.contains(".tmp")),
@@ -102,7 +102,7 @@ async fn kill_9_during_a_download_leaves_no_partial_cache_file_and_a_restart_ser
 async fn kill_9_during_an_upload_leaves_nothing_half_written() {
     let dir = tempfile::tempdir().unwrap();
     let peers = dev::peers_in(dir.path()).await.unwrap();
-    let mut loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let mut loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     // A body that trickles: 16 MiB, then it waits forever.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
@@ -152,7 +152,7 @@ async fn kill_9_during_an_upload_leaves_nothing_half_written() {
     sender.abort();
     drop(loader);
 
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     let files = cache_files(&dir.path().join("cache"));
     assert!(files.is_empty(), "an interrupted upload left {files:?}");
     assert!(
@@ -197,7 +197,7 @@ async fn kill_9_during_an_unlock_then_a_restart_starts_idle_with_no_plaintext_le
         ("DOCKER_HOST", docker_host.as_str()),
         ("TMPDIR", tmp.to_str().unwrap()),
     ];
-    let mut loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &env);
+    let mut loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &env);
     let r = loader
         .client
         .post(loader.url("/unlock"))
@@ -223,7 +223,7 @@ async fn kill_9_during_an_unlock_then_a_restart_starts_idle_with_no_plaintext_le
     drop(loader);
     slow_docker.abort();
 
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &env);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &env);
     assert_eq!(loader.unlock_status().await["state"], "idle");
     for p in files_under(dir.path()) {
         if let Ok(bytes) = std::fs::read(&p) {
@@ -250,7 +250,7 @@ async fn sigterm_lets_a_download_in_flight_finish_and_refuses_new_connections() 
     )
     .await
     .unwrap();
-    let mut loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let mut loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     let r = loader
         .client

@@ -2,154 +2,28 @@
 //! `azaion-loader serve` binary as a child process, the Resource API emulator
 //! over HTTP, the embedded S3 server (s3s-fs) and the filesystem cache.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use azaion_loader::startup::dev::{self, DEMO_EMAIL, DEMO_FOLDER, DEMO_PASSWORD, DEMO_RESOURCE};
+use azaion_loader::startup::dev::{self, DEMO_FOLDER, DEMO_RESOURCE};
+use azaion_loader::test_support::process::LoaderProcess;
 use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-/// The loader binary running against the dev peers; killed on drop.
-pub struct Loader {
-    pub child: Child,
-    pub base: String,
-    pub client: reqwest::Client,
+/// The `serve` binary against the dev peers; killed on drop.
+pub type Loader = LoaderProcess;
+
+/// Starts this build's `serve` against the Resource API at `api_url`.
+pub fn spawn_loader(api_url: &str, data: &Path, extra_env: &[(&str, &str)]) -> Loader {
+    LoaderProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_azaion-loader")),
+        api_url,
+        data,
+        extra_env,
+    )
 }
 
-impl Drop for Loader {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Loader {
-    pub fn spawn(api_url: &str, data: &Path, extra_env: &[(&str, &str)]) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_azaion-loader"));
-        cmd.arg("serve")
-            .env("LOADER_LISTEN", "127.0.0.1:0")
-            .env("RESOURCE_API_URL", api_url)
-            .env("MODEL_CACHE_DIR", data.join("cache"))
-            .env("IMAGES_PATH", data.join("images.enc"))
-            .env("RUST_LOG", "info")
-            .env_remove("LOADER_IMAGES")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("loader starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("loader printed its address")
-                .expect("stderr line");
-            if let Some(at) = line.find("listening on http://") {
-                break line[at + "listening on ".len()..].trim().to_owned();
-            }
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
-        Self {
-            child,
-            base,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(600))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub async fn login(&self) {
-        let r = self
-            .client
-            .post(self.url("/login"))
-            .json(&json!({"email": DEMO_EMAIL, "password": DEMO_PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    }
-
-    /// `GET /unlock/status` as JSON.
-    pub async fn unlock_status(&self) -> serde_json::Value {
-        self.client
-            .get(self.url("/unlock/status"))
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("JSON")
-    }
-
-    /// `POST /load/{name}` of `folder`.
-    pub async fn load(&self, folder: &str, name: &str) -> reqwest::Response {
-        self.client
-            .post(self.url(&format!("/load/{name}")))
-            .json(&json!({"folder": folder}))
-            .send()
-            .await
-            .expect("request")
-    }
-
-    /// Peak resident memory of the loader process (VmHWM), in KiB. A test
-    /// that cannot read it fails: a bound it cannot check is no bound.
-    pub fn peak_rss_kib(&self) -> u64 {
-        let pid = self.child.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
-    }
-}
-
-/// Every file below `dir`, at any depth (an unreadable folder counts as empty).
-pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different for each `seed`.
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub use azaion_loader::test_support::{files_under, pattern};
 
 /// Deterministic pseudo-random bytes, generated in chunks (never all at once).
 fn chunk_of(seed: u64, index: u64, len: usize) -> Vec<u8> {
@@ -230,7 +104,7 @@ async fn download_digest(loader: &Loader, name: &str) -> ([u8; 32], u64) {
 async fn resources_of_every_size_round_trip_byte_exact_through_the_real_stack() {
     let dir = tempfile::tempdir().unwrap();
     let peers = dev::peers_in(dir.path()).await.unwrap();
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
 
     // The seeded demo resource comes through the API's per-user small part and S3.
@@ -276,7 +150,7 @@ async fn resources_of_every_size_round_trip_byte_exact_through_the_real_stack() 
     // what the uploads used), and no cache: every big part comes from S3.
     drop(loader);
     std::fs::remove_dir_all(dir.path().join("cache").join(DEMO_FOLDER)).unwrap();
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     for (seed, (len, name)) in sizes.iter().enumerate() {
         let (digest, got) = download_digest(&loader, name).await;
@@ -313,7 +187,7 @@ async fn resources_of_every_size_round_trip_byte_exact_through_the_real_stack() 
 async fn a_stale_or_damaged_file_in_the_real_cache_is_replaced_from_s3() {
     let dir = tempfile::tempdir().unwrap();
     let peers = dev::peers_in(dir.path()).await.unwrap();
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     upload(&loader, "m.bin", 7, 100_000).await;
     let cached = dir.path().join("cache").join(DEMO_FOLDER).join("m.bin.big");

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::e2e::{Loader, pattern};
+use crate::e2e::{Loader, pattern, spawn_loader};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -36,7 +36,7 @@ async fn setup(resources: &[(&str, usize)]) -> (Setup, Vec<Vec<u8>>) {
         .unwrap();
         plains.push(plain);
     }
-    let loader = Loader::spawn(
+    let loader = spawn_loader(
         &peers.emulator.base_url(),
         dir.path(),
         &[("API_REQUEST_TIMEOUT_SECS", "1")],
@@ -149,7 +149,7 @@ async fn a_malformed_cdn_yaml_fails_login_with_401() {
     peers
         .emulator
         .set_cdn_yaml_raw(Bytes::from_static(b"host: [not yaml"));
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     let r = loader
         .client
         .post(loader.url("/login"))

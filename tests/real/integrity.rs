@@ -5,7 +5,7 @@
 use azaion_loader::adapters::devstack::emulator::Route;
 use azaion_loader::startup::dev::{self, DEMO_FOLDER};
 
-use crate::e2e::{Loader, files_under, pattern};
+use crate::e2e::{Loader, files_under, pattern, spawn_loader};
 
 async fn upload(loader: &Loader, name: &str, data: Vec<u8>) -> reqwest::Response {
     let form = reqwest::multipart::Form::new()
@@ -27,7 +27,7 @@ async fn upload(loader: &Loader, name: &str, data: Vec<u8>) -> reqwest::Response
 async fn a_failed_re_upload_answers_409_with_a_warm_and_a_cold_cache() {
     let dir = tempfile::tempdir().unwrap();
     let peers = dev::peers_in(dir.path()).await.unwrap();
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     let (v1, v2) = (pattern(64 * 1024, 1), pattern(64 * 1024, 2));
     assert_eq!(upload(&loader, "w.bin", v1.clone()).await.status(), 200);
@@ -67,7 +67,7 @@ async fn a_failed_re_upload_answers_409_with_a_warm_and_a_cold_cache() {
 async fn a_load_racing_uploads_gets_one_whole_version_or_409_over_50_rounds() {
     let dir = tempfile::tempdir().unwrap();
     let peers = dev::peers_in(dir.path()).await.unwrap();
-    let loader = Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]);
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
     loader.login().await;
     let versions: Vec<Vec<u8>> = (0..2).map(|v| pattern(96 * 1024, 20 + v)).collect();
     assert_eq!(

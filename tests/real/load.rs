@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::e2e::Loader;
+use crate::e2e::spawn_loader;
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -65,7 +65,7 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
     )
     .await
     .unwrap();
-    let loader = Arc::new(Loader::spawn(&peers.emulator.base_url(), dir.path(), &[]));
+    let loader = Arc::new(spawn_loader(&peers.emulator.base_url(), dir.path(), &[]));
     loader.login().await;
     // No warm-up: the first 64 loads miss at once and share one CDN read.
     let pid = loader.child.id();

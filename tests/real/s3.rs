@@ -100,11 +100,7 @@ fn bucket() -> Folder {
     Folder::parse(BUCKET).unwrap()
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
-        .collect()
-}
+use azaion_loader::test_support::pattern;
 
 /// A body delivered in uneven chunks, as an upload from a client would arrive.
 fn chunked(data: Vec<u8>, chunk: usize) -> ByteStream {

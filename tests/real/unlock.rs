@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::docker::{Daemon, daemon, docker_cli, docker_save_archive, tar, unique_tag};
-use crate::e2e::Loader;
+use crate::e2e::{Loader, spawn_loader};
 
 const RUNTIMES: [&str; 2] = ["bollard", "cli"];
 
@@ -41,7 +41,7 @@ impl Stage {
     fn loader(&self, runtime: &str, images: &[&str], docker_host: &str) -> Loader {
         let images = images.join(",");
         let tmp = self.dir.path().join("tmp");
-        Loader::spawn(
+        spawn_loader(
             &self.peers.emulator.base_url(),
             self.dir.path(),
             &[

@@ -4,10 +4,6 @@
 //! log nor any response body may then hold a password, a token, a key or the
 //! key fragment. Its own binary, because the subscriber is process-wide.
 
-#[path = "../api/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -25,7 +21,7 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use support::{EMAIL, FOLDER, PASSWORD, TestApp, cdn_config, pattern};
+use azaion_loader::test_support::app::{EMAIL, FOLDER, PASSWORD, TestApp, cdn_config, pattern};
 
 const WRONG_PASSWORD: &str = "Wr0ng-Passw0rd-917";
 const FRAGMENT: &[u8] = b"fragment-S3CRET-4417";
