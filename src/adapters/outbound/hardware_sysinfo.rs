@@ -10,6 +10,9 @@
 //! a driver later does not change the fingerprint. Non-PCI GPUs count when
 //! their DRM card names them (`label`, `product_name`), and a Jetson by its
 //! device-tree model.
+//!
+//! This file does the reading (files, links, sysinfo, `lspci`); what the
+//! texts mean is parsed by `crate::domain::hardware::parse`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use crate::domain::hardware::HardwareParts;
+use crate::domain::hardware::parse::{
+    cpuinfo_model, gpus_in_lspci, is_display_controller, is_drm_card, is_tegra_compatible,
+    meminfo_total_kib, parse_hex, pci_name, root_mount_in_mountinfo, root_source_in_mounts,
+    serial_in_disk_id, serial_in_vpd_page, strip_partition, trimmed_text,
+};
 use crate::ports::{HardwareError, HardwareProbe};
 
 /// How deep `/sys/block/*/slaves` is followed (device mapper over RAID over a partition …).
@@ -100,10 +108,7 @@ impl SysinfoProbe {
     fn drm_gpus(&self) -> Vec<String> {
         sorted_dir_names(&self.path("sys/class/drm"))
             .into_iter()
-            .filter(|card| {
-                card.strip_prefix("card")
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            })
+            .filter(|card| is_drm_card(card))
             .filter_map(|card| {
                 let device = self.path("sys/class/drm").join(card).join("device");
                 pci_device_name(&device)
@@ -121,7 +126,7 @@ impl SysinfoProbe {
             .filter_map(|slot| {
                 let device = devices.join(slot);
                 let class = read_text(&device.join("class")).and_then(|c| parse_hex(&c))?;
-                (class >> 16 == 0x03)
+                is_display_controller(class)
                     .then(|| pci_device_name(&device))
                     .flatten()
             })
@@ -135,9 +140,7 @@ impl SysinfoProbe {
         let compatible = fs::read(self.path("proc/device-tree/compatible"))
             .or_else(|_| fs::read(self.path("sys/firmware/devicetree/base/compatible")))
             .unwrap_or_default();
-        let tegra_compatible = compatible
-            .split(|&b| b == 0)
-            .any(|entry| entry.starts_with(b"nvidia,tegra"));
+        let tegra_compatible = is_tegra_compatible(&compatible);
         let tegra_soc = read_text(&self.path("sys/devices/soc0/family"))
             .is_some_and(|family| family.eq_ignore_ascii_case("tegra"));
         let jetson_model = model.as_deref().is_some_and(|m| m.contains("Jetson"));
@@ -290,30 +293,13 @@ fn lspci_gpus() -> Vec<String> {
         Ok(output) if output.status.success() => output,
         _ => return Vec::new(),
     };
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            let class = fields.next()?.trim_end_matches(':');
-            let (vendor, device) = fields.next()?.split_once(':')?;
-            if !class.starts_with("03") {
-                return None;
-            }
-            Some(pci_name(
-                u16::from_str_radix(vendor, 16).ok()?,
-                u16::from_str_radix(device, 16).ok()?,
-            ))
-        })
-        .collect()
+    gpus_in_lspci(&String::from_utf8_lossy(&output.stdout))
 }
 
 /// A file's text without surrounding whitespace or NULs; `None` when absent,
 /// unreadable or empty.
 fn read_text(path: &Path) -> Option<String> {
-    let bytes = fs::read(path).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
-    let text = text.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    (!text.is_empty()).then(|| text.to_owned())
+    trimmed_text(&fs::read(path).ok()?)
 }
 
 /// Names in a directory, sorted; empty when it cannot be read.
@@ -334,15 +320,6 @@ fn file_name(path: &Path) -> Option<String> {
     path.file_name()?.to_str().map(str::to_owned)
 }
 
-fn parse_hex(text: &str) -> Option<u32> {
-    let digits = text.trim();
-    let digits = digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-        .unwrap_or(digits);
-    u32::from_str_radix(digits, 16).ok()
-}
-
 fn pci_device_name(device: &Path) -> Option<String> {
     let vendor = read_text(&device.join("vendor")).and_then(|v| parse_hex(&v))?;
     let id = read_text(&device.join("device")).and_then(|d| parse_hex(&d))?;
@@ -350,121 +327,6 @@ fn pci_device_name(device: &Path) -> Option<String> {
         u16::try_from(vendor).ok()?,
         u16::try_from(id).ok()?,
     ))
-}
-
-/// `NVIDIA [10de:2204]`; an unknown vendor as `PCI [abcd:1234]`.
-fn pci_name(vendor: u16, device: u16) -> String {
-    let vendor_name = match vendor {
-        0x10de => "NVIDIA",
-        0x1002 | 0x1022 => "AMD",
-        0x8086 => "Intel",
-        0x1a03 => "ASPEED",
-        0x102b => "Matrox",
-        0x5143 => "Qualcomm",
-        0x1af4 | 0x1b36 => "Red Hat",
-        0x1234 => "QEMU",
-        0x15ad => "VMware",
-        0x80ee => "VirtualBox",
-        0x1414 => "Microsoft",
-        _ => "PCI",
-    };
-    format!("{vendor_name} [{vendor:04x}:{device:04x}]")
-}
-
-fn cpuinfo_model(text: &str) -> Option<String> {
-    // x86 and most others say "model name"; older ARM kernels "Processor",
-    // MIPS "cpu model", PowerPC "cpu".
-    ["model name", "Processor", "cpu model", "cpu"]
-        .iter()
-        .find_map(|wanted| {
-            text.lines().find_map(|line| {
-                let (key, value) = line.split_once(':')?;
-                let value = value.trim();
-                (key.trim() == *wanted && !value.is_empty()).then(|| value.to_owned())
-            })
-        })
-}
-
-fn meminfo_total_kib(text: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix("MemTotal:")?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
-struct RootMount {
-    /// `major:minor`
-    device_number: String,
-    source: String,
-}
-
-/// The mount of `/` in `/proc/self/mountinfo` (the last one: later mounts hide earlier ones).
-fn root_mount_in_mountinfo(text: &str) -> Option<RootMount> {
-    text.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.get(4) != Some(&"/") {
-            return None;
-        }
-        let separator = fields.iter().position(|f| *f == "-")?;
-        Some(RootMount {
-            device_number: (*fields.get(2)?).to_owned(),
-            source: (*fields.get(separator + 2)?).to_owned(),
-        })
-    })
-}
-
-fn root_source_in_mounts(text: &str) -> Option<String> {
-    text.lines().rev().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let source = fields.next()?;
-        (fields.next()? == "/").then(|| source.to_owned())
-    })
-}
-
-/// `nvme0n1p2` → `nvme0n1`, `mmcblk0p1` → `mmcblk0`, `sda1` → `sda`; a disk stays as it is.
-fn strip_partition(name: &str) -> &str {
-    if !name.ends_with(|c: char| c.is_ascii_digit()) {
-        return name;
-    }
-    if let Some(p) = name.rfind('p') {
-        let (disk, number) = (&name[..p], &name[p + 1..]);
-        if !number.is_empty()
-            && number.bytes().all(|b| b.is_ascii_digit())
-            && disk.ends_with(|c: char| c.is_ascii_digit())
-        {
-            return disk;
-        }
-    }
-    if ["sd", "hd", "vd", "xvd"]
-        .iter()
-        .any(|p| name.starts_with(p))
-    {
-        return name.trim_end_matches(|c: char| c.is_ascii_digit());
-    }
-    name
-}
-
-/// SCSI VPD page 0x80 (unit serial number): 4 header bytes, then the serial.
-fn serial_in_vpd_page(page: &[u8]) -> Option<String> {
-    if page.len() < 4 || page[1] != 0x80 {
-        return None;
-    }
-    let len = usize::from(u16::from_be_bytes([page[2], page[3]]));
-    let serial = page.get(4..4 + len).unwrap_or(&page[4..]);
-    let serial = String::from_utf8_lossy(serial);
-    let serial = serial.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    (!serial.is_empty()).then(|| serial.to_owned())
-}
-
-/// `Samsung_SSD_970_EVO_1TB_S467NX0M123456` → `S467NX0M123456`; a USB id's
-/// `-0:0` suffix goes.
-fn serial_in_disk_id(id: &str) -> Option<String> {
-    let (_, serial) = id.rsplit_once('_')?;
-    let serial = match serial.rsplit_once('-') {
-        Some((head, lun)) if lun.contains(':') => head,
-        _ => serial,
-    };
-    (!serial.is_empty()).then(|| serial.to_owned())
 }
 
 #[cfg(test)]
@@ -713,41 +575,5 @@ mod tests {
         assert_eq!(first, second);
         assert!(!first.cpu_model.is_empty());
         assert!(first.memory_kib > 0);
-    }
-
-    #[test]
-    fn partitions_strip_to_their_disk() {
-        for (name, disk) in [
-            ("nvme0n1p2", "nvme0n1"),
-            ("nvme0n1", "nvme0n1"),
-            ("mmcblk0p1", "mmcblk0"),
-            ("mmcblk0", "mmcblk0"),
-            ("sda1", "sda"),
-            ("sda", "sda"),
-            ("vda15", "vda"),
-            ("xvda1", "xvda"),
-            ("loop0p1", "loop0"),
-            ("dm-0", "dm-0"),
-        ] {
-            assert_eq!(strip_partition(name), disk, "{name}");
-        }
-    }
-
-    #[test]
-    fn cpu_models_and_memory_parse_from_proc_text() {
-        assert_eq!(
-            cpuinfo_model("processor : 0\nProcessor : ARMv7 Processor rev 4 (v7l)\n").as_deref(),
-            Some("ARMv7 Processor rev 4 (v7l)")
-        );
-        assert_eq!(cpuinfo_model("model name :   \n"), None);
-        assert_eq!(
-            meminfo_total_kib("MemFree: 3 kB\nMemTotal:  42 kB\n"),
-            Some(42)
-        );
-        assert_eq!(meminfo_total_kib("MemTotal: lots\n"), None);
-        assert_eq!(
-            serial_in_disk_id("Generic_Flash_Disk_ABCD1234-0:0").as_deref(),
-            Some("ABCD1234")
-        );
     }
 }

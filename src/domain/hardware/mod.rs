@@ -1,6 +1,9 @@
 //! The hardware fingerprint line of PROTOCOL §4, built from probed parts.
 //! The Resource API binds a user to this exact string, so it must be
-//! deterministic: the same parts always give the same line.
+//! deterministic: the same parts always give the same line. [`parse`] reads
+//! the parts out of the texts a probe finds (`/proc`, `/sys`, `lspci -n`).
+
+pub mod parse;
 
 /// What a hardware probe found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
