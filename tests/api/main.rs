@@ -5,6 +5,7 @@ mod boundary;
 mod fuzz;
 mod integrity;
 mod load;
+mod load_cache;
 mod login_and_status;
 mod metrics;
 mod openapi;
