@@ -3,16 +3,16 @@
 //! connection, and an S3 server serves one request from one thread. The
 //! first request (the whole object, which also tells its length and version)
 //! serves the first segment; the next segments are ranged GETs of the same
-//! version, `parallel - 1` of them in flight, handed on strictly in order.
+//! version, `parallel - 1` of them in flight (`futures`' `buffered` over
+//! spawned tasks), handed on strictly in order.
 //! Memory per download: at most `parallel` segments (16 MiB by default).
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use tokio::task::JoinHandle;
+use futures::{StreamExt, TryStreamExt, future, stream};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::domain::names::Folder;
 use crate::ports::object_store::take_bytes;
@@ -58,51 +58,13 @@ struct Source {
     version: Option<String>,
 }
 
-struct Segments {
-    source: Arc<Source>,
-    reads: CdnReads,
-    total: u64,
-    /// Start of the next segment to ask for.
-    next_from: u64,
-    in_flight: VecDeque<JoinHandle<io::Result<Vec<Bytes>>>>,
-    /// The first request's body, up to the end of the first segment.
-    head: Option<ByteStream>,
-    /// The chunks, as they arrived, still to hand on of the segment at the front.
-    ready: std::vec::IntoIter<Bytes>,
-}
-
-impl Segments {
-    fn spawn_next(&mut self) {
-        if self.next_from >= self.total {
-            return;
-        }
-        let from = self.next_from;
-        let to = (from + self.reads.segment).min(self.total);
-        self.next_from = to;
-        let source = self.source.clone();
-        self.in_flight
-            .push_back(tokio::spawn(fetch_segment(source, from, to)));
-    }
-
-    /// Ends the stream after a failure: nothing more is read or asked for.
-    fn stop(&mut self) {
-        self.head = None;
-        self.next_from = self.total;
-        for fetch in self.in_flight.drain(..) {
-            fetch.abort();
-        }
-    }
-}
-
-impl Drop for Segments {
-    fn drop(&mut self) {
-        // A client that went away: stop asking the CDN for what nobody reads.
-        self.stop();
-    }
-}
-
 /// The big part whose first GET answered `first`, read `reads.parallel`
-/// requests at a time when it is longer than one segment.
+/// requests at a time when it is longer than one segment: the first body
+/// streams straight through while the next `parallel - 1` segments are
+/// already being fetched, each in a task of its own; `buffered` hands them
+/// on strictly in order and starts the next as one is taken. Dropping the
+/// stream (a client that went away, or an error) aborts every fetch in
+/// flight, so the CDN is not asked for what nobody reads.
 pub fn parallel_body(
     store: Arc<dyn ObjectStore>,
     bucket: Folder,
@@ -114,52 +76,44 @@ pub fn parallel_body(
     if reads.parallel < 2 || reads.segment == 0 || total <= reads.segment {
         return first.stream;
     }
-    let mut segments = Segments {
-        source: Arc::new(Source {
-            store,
-            bucket,
-            key,
-            version: first.version,
-        }),
-        reads,
-        total,
-        next_from: reads.segment,
-        in_flight: VecDeque::new(),
-        head: Some(take_bytes(first.stream, reads.segment)),
-        ready: Vec::new().into_iter(),
+    let source = Arc::new(Source {
+        store,
+        bucket,
+        key,
+        version: first.version,
+    });
+    let spawn = move |(from, to): (u64, u64)| {
+        AbortOnDropHandle::new(tokio::spawn(fetch_segment(source.clone(), from, to)))
     };
-    for _ in 1..reads.parallel {
-        segments.spawn_next();
-    }
-    Box::pin(futures::stream::unfold(segments, |mut s| async move {
-        if let Some(head) = s.head.as_mut() {
-            match head.next().await {
-                Some(Ok(chunk)) => return Some((Ok(chunk), s)),
-                Some(Err(e)) => {
-                    s.stop();
-                    return Some((Err(e), s));
-                }
-                None => s.head = None,
+    let segment = reads.segment;
+    let mut ranges =
+        (1..total.div_ceil(segment)).map(move |i| (i * segment, ((i + 1) * segment).min(total)));
+    // Started now, not when the first segment has been read.
+    let started: Vec<_> = ranges
+        .by_ref()
+        .take(reads.parallel - 1)
+        .map(&spawn)
+        .collect();
+    let rest = stream::iter(started)
+        .chain(stream::iter(ranges).map(spawn))
+        .buffered(reads.parallel - 1)
+        .map(|joined| match joined {
+            Ok(Ok(slices)) => Ok(stream::iter(slices.into_iter().map(Ok))),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(io::Error::other(e)),
+        })
+        .try_flatten();
+    take_bytes(first.stream, segment)
+        .chain(rest)
+        // Nothing after a failure: the reader sees the error last.
+        .scan(false, |failed, item| {
+            if *failed {
+                return future::ready(None);
             }
-        }
-        loop {
-            if let Some(chunk) = s.ready.next() {
-                return Some((Ok(chunk), s));
-            }
-            let fetch = s.in_flight.pop_front()?;
-            s.spawn_next();
-            let failure = match fetch.await {
-                Ok(Ok(chunks)) => {
-                    s.ready = chunks.into_iter();
-                    continue;
-                }
-                Ok(Err(e)) => e,
-                Err(e) => io::Error::other(e),
-            };
-            s.stop();
-            return Some((Err(failure), s));
-        }
-    }))
+            *failed = item.is_err();
+            future::ready(Some(item))
+        })
+        .boxed()
 }
 
 /// Bytes `from..to` of the source's version, whole, copied into one buffer
@@ -230,5 +184,108 @@ async fn fetch_segment(source: Arc<Source>, from: u64, to: u64) -> io::Result<Ve
             return Err(failure);
         }
         tracing::warn!(key = %source.key, at = from + got, "CDN range read cut ({failure}); asking again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::fakes::FakeObjectStore;
+    use std::time::Duration;
+
+    const SEGMENT: u64 = 64 * 1024;
+
+    async fn setup(len: usize) -> (Arc<FakeObjectStore>, Vec<u8>, ObjectBody) {
+        let store = Arc::new(FakeObjectStore::new());
+        store.create_bucket("models");
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        store.put_object("models", "m.big", data.clone());
+        let first = store
+            .get(&Folder::parse("models").unwrap(), "m.big", 0)
+            .await
+            .unwrap();
+        (store, data, first)
+    }
+
+    fn reads(parallel: usize) -> CdnReads {
+        CdnReads {
+            segment: SEGMENT,
+            parallel,
+        }
+    }
+
+    #[tokio::test]
+    async fn segments_come_back_in_order_whatever_order_they_finish_in() {
+        let (store, data, first) = setup(10 * SEGMENT as usize + 77).await;
+        // The first ranged reads are slow, the later ones fast.
+        store.stall_next_gets(2, Duration::from_millis(150));
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let mut body = parallel_body(
+            dyn_store,
+            Folder::parse("models").unwrap(),
+            "m.big".into(),
+            first,
+            reads(4),
+        );
+        let mut got = Vec::new();
+        while let Some(chunk) = body.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got, data);
+        let mut offsets: Vec<u64> = store.gets().into_iter().map(|(_, at)| at).collect();
+        offsets.sort_unstable();
+        let expected: Vec<u64> = (0..data.len() as u64).step_by(SEGMENT as usize).collect();
+        assert_eq!(offsets, expected, "one read per segment");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_body_aborts_the_reads_in_flight() {
+        let (store, _, first) = setup(40 * SEGMENT as usize).await;
+        // Every ranged read stalls; the first body (already open) does not.
+        store.stall_next_gets(3, Duration::from_millis(400));
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let mut body = parallel_body(
+            dyn_store,
+            Folder::parse("models").unwrap(),
+            "m.big".into(),
+            first,
+            reads(4),
+        );
+        body.next().await.unwrap().unwrap();
+        // The next three segments were asked for at once, before the first was read.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.gets().len(), 4, "{:?}", store.gets());
+        drop(body);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(
+            store.answered_gets(),
+            1,
+            "a stalled read ran on after its body was dropped"
+        );
+        assert_eq!(store.gets().len(), 4, "no read was started after the drop");
+    }
+
+    #[tokio::test]
+    async fn nothing_follows_a_failed_segment() {
+        let (store, data, first) = setup(8 * SEGMENT as usize).await;
+        store.fail_next_gets(3, crate::ports::StoreError::Unavailable("down".into()));
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let mut body = parallel_body(
+            dyn_store,
+            Folder::parse("models").unwrap(),
+            "m.big".into(),
+            first,
+            reads(2),
+        );
+        let mut got = Vec::new();
+        let mut errors = 0;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => got.extend_from_slice(&chunk),
+                Err(_) => errors += 1,
+            }
+        }
+        assert_eq!(errors, 1, "the stream ends at its first error");
+        assert_eq!(got, data[..SEGMENT as usize], "the first segment only");
     }
 }

@@ -31,6 +31,8 @@ pub struct FakeObjectStore {
     get_faults: FaultQueue<StoreError>,
     put_faults: FaultQueue<StoreError>,
     gets: Mutex<Vec<(String, u64)>>,
+    /// Reads that got past their faults and answered with a body.
+    answered: Mutex<usize>,
     puts: Mutex<usize>,
     chunk: usize,
 }
@@ -42,6 +44,7 @@ impl Default for FakeObjectStore {
             get_faults: FaultQueue::default(),
             put_faults: FaultQueue::default(),
             gets: Mutex::default(),
+            answered: Mutex::default(),
             puts: Mutex::default(),
             chunk: 64 * 1024,
         }
@@ -116,6 +119,12 @@ impl FakeObjectStore {
         lock(&self.gets).clone()
     }
 
+    /// Reads that answered (a read still stalled, or dropped while
+    /// stalled, is not counted).
+    pub fn answered_gets(&self) -> usize {
+        *lock(&self.answered)
+    }
+
     pub fn puts(&self) -> usize {
         *lock(&self.puts)
     }
@@ -153,6 +162,7 @@ impl ObjectStore for FakeObjectStore {
                 .cloned();
             (data, cut, tag)
         };
+        *lock(&self.answered) += 1;
         let start = (from as usize).min(data.len());
         let body = data.slice(start..);
         let len = body.len() as u64;
