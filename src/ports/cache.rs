@@ -11,11 +11,42 @@ use bytes::Bytes;
 use super::object_store::ObjectBody;
 use crate::domain::names::{Folder, ResourceName};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CacheError {
-    /// Disk full, permissions, a vanished directory.
+    /// The file system refused (disk full, permissions, a vanished
+    /// directory): `source.kind()` tells which.
+    #[error("the cache cannot be used: {context}")]
+    Io {
+        /// What was being done, and to which path.
+        context: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Writing on would take the file system's free space under its floor
+    /// (PROTOCOL §5.3).
+    #[error("caching would leave less than {floor} bytes free (MODEL_CACHE_MIN_FREE_BYTES)")]
+    NoRoom { floor: u64 },
+    /// The cache's own bookkeeping failed (an earlier write of the entry, a
+    /// task that panicked).
     #[error("the cache cannot be used: {0}")]
-    Io(String),
+    Broken(String),
+}
+
+impl CacheError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// The kind of the file-system error, if the file system refused.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Self::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
 }
 
 /// What a lookup found.

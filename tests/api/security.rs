@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{EMAIL, FOLDER, PASSWORD, TestApp};
+use crate::support::{EMAIL, FOLDER, PASSWORD, TestApp, pattern};
 use azaion_loader::adapters::fakes::FakeRoute;
 
 const BOUNDARY: &str = "hardeningBoundary";
@@ -170,4 +170,61 @@ async fn error_bodies_never_echo_the_request() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(!r.text().await.unwrap().contains(marker));
+}
+
+/// A 5xx body is a fixed phrase for its kind: text from a peer (an address,
+/// a bucket, a server's message) goes to the log, never to the client.
+#[tokio::test]
+async fn a_5xx_body_never_carries_upstream_text() {
+    use azaion_loader::ports::{ApiError, StoreError};
+
+    const UPSTREAM: &str = "10.9.8.7:9000 said: internal bucket azaion-prod-secret";
+    let app = TestApp::logged_in().await;
+    app.seed(FOLDER, "m.bin", &pattern(20_000, 3));
+
+    app.api.fail_next(
+        FakeRoute::GetResource,
+        1,
+        ApiError::Unavailable(UPSTREAM.into()),
+    );
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 503);
+    let body = TestApp::json(r).await;
+    assert_eq!(
+        body["detail"],
+        "the Resource API is unavailable; try again later"
+    );
+
+    app.api.fail_next(
+        FakeRoute::GetResource,
+        1,
+        ApiError::Unexpected(UPSTREAM.into()),
+    );
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        TestApp::json(r).await["detail"],
+        "the Resource API answered with an error"
+    );
+
+    app.store
+        .fail_next_gets(1, StoreError::Unexpected(UPSTREAM.into()));
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("10.9.8.7") && !text.contains("azaion-prod"),
+        "{text}"
+    );
+    assert!(text.contains("the CDN answered with an error"), "{text}");
+
+    // A 4xx still says what was wrong with the request.
+    let r = app.load("nothing-here.bin", FOLDER).await;
+    assert_eq!(r.status(), 404);
+    assert!(
+        TestApp::json(r).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing-here.bin")
+    );
 }

@@ -177,7 +177,10 @@ impl BigPartCache for FakeCache {
         small_digest: &[u8; 32],
     ) -> Result<Box<dyn CacheWriter>, CacheError> {
         if lock(&self.state).fail_writes {
-            return Err(CacheError::Io("fake: disk full".into()));
+            return Err(CacheError::io(
+                "fake: writing",
+                std::io::Error::new(std::io::ErrorKind::StorageFull, "fake: disk full"),
+            ));
         }
         Ok(Box::new(FakeCacheWriter {
             cache: self.state.clone(),
@@ -238,7 +241,10 @@ struct FakeCacheWriter {
 impl CacheWriter for FakeCacheWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), CacheError> {
         if lock(&self.cache).fail_writes {
-            return Err(CacheError::Io("fake: disk full".into()));
+            return Err(CacheError::io(
+                "fake: writing",
+                std::io::Error::new(std::io::ErrorKind::StorageFull, "fake: disk full"),
+            ));
         }
         self.record.update(&chunk);
         self.data.extend_from_slice(&chunk);

@@ -1,5 +1,11 @@
 //! The one place where errors become HTTP statuses and `{"detail": ...}`
-//! bodies. Logs the cause; the body names the problem but never a secret.
+//! bodies. A 4xx says what was wrong with the request. A 5xx body is a
+//! fixed phrase for its kind (the Resource API, the CDN, the cache, the
+//! hardware): the typed cause, whose text may come from upstream or name a
+//! path, goes to the log and onto the request's span (`error` field), never
+//! into the body (the pattern of axum's error-handling example).
+
+use std::error::Error as StdError;
 
 use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -18,6 +24,8 @@ pub struct HttpError {
     pub detail: String,
     /// Headers the answer needs (`Retry-After`, `WWW-Authenticate`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Why, for the log (a 5xx's body does not carry it).
+    pub cause: Option<Box<dyn StdError + Send + Sync>>,
 }
 
 impl HttpError {
@@ -26,6 +34,20 @@ impl HttpError {
             status,
             detail: detail.into(),
             headers: Vec::new(),
+            cause: None,
+        }
+    }
+
+    /// A failure of the loader or a peer: the body says only `public`; the
+    /// `cause` is logged with its chain of sources.
+    pub fn server(
+        status: StatusCode,
+        public: impl Into<String>,
+        cause: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            cause: Some(Box::new(cause)),
+            ..Self::new(status, public)
         }
     }
 
@@ -35,12 +57,36 @@ impl HttpError {
     }
 }
 
+/// `error`, then each of its sources: `a: b: c`.
+pub fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let more = source.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = source.source();
+    }
+    text
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = self.status.as_u16(), "{}", self.detail);
-        } else {
-            tracing::info!(status = self.status.as_u16(), "{}", self.detail);
+        let cause = self
+            .cause
+            .as_deref()
+            .map(|c| chain(c as &(dyn StdError + 'static)));
+        if let Some(cause) = &cause {
+            tracing::Span::current().record("error", cause.as_str());
+        }
+        match (&cause, self.status.is_server_error()) {
+            (Some(cause), _) => {
+                tracing::error!(status = self.status.as_u16(), error = %cause, "{}", self.detail)
+            }
+            (None, true) => tracing::error!(status = self.status.as_u16(), "{}", self.detail),
+            (None, false) => tracing::info!(status = self.status.as_u16(), "{}", self.detail),
         }
         let mut response = (
             self.status,
@@ -63,11 +109,14 @@ impl From<NameError> for HttpError {
 impl From<LoginError> for HttpError {
     fn from(e: LoginError) -> Self {
         // PROTOCOL §5: bad credentials, an unreachable API and an undecryptable cdn.yaml all answer 401.
-        let status = match e {
-            LoginError::Hardware(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        Self::new(status, format!("login failed: {e}"))
+        match e {
+            LoginError::Hardware(_) => Self::server(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "login failed: the hardware fingerprint cannot be read",
+                e,
+            ),
+            _ => Self::new(StatusCode::UNAUTHORIZED, format!("login failed: {e}")),
+        }
     }
 }
 
@@ -89,14 +138,42 @@ fn store_status(e: &StoreError) -> StatusCode {
     }
 }
 
+/// The fixed phrase a 5xx from a peer answers with.
+fn peer_failure(status: StatusCode, peer: &str) -> String {
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => format!("{peer} is unavailable; try again later"),
+        _ => format!("{peer} answered with an error"),
+    }
+}
+
 impl From<CallError> for HttpError {
     fn from(e: CallError) -> Self {
         let status = match &e {
             CallError::NotLoggedIn | CallError::Unauthorized => StatusCode::UNAUTHORIZED,
             CallError::Api(api) => api_status(api),
-            CallError::Hardware(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CallError::Hardware(_) => {
+                return Self::server(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the hardware fingerprint cannot be read",
+                    e,
+                );
+            }
         };
-        Self::new(status, e.to_string())
+        if status.is_server_error() {
+            Self::server(status, peer_failure(status, "the Resource API"), e)
+        } else {
+            Self::new(status, e.to_string())
+        }
+    }
+}
+
+/// A CDN failure: 404s name the object; 5xx say only that the CDN failed.
+fn cdn_error(store: StoreError) -> HttpError {
+    let status = store_status(&store);
+    if status.is_server_error() {
+        HttpError::server(status, peer_failure(status, "the CDN"), store)
+    } else {
+        HttpError::new(status, store.to_string())
     }
 }
 
@@ -106,7 +183,7 @@ impl From<LoadError> for HttpError {
             LoadError::Call(call) => call.into(),
             LoadError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
             LoadError::SmallPartUndecryptable => Self::new(StatusCode::BAD_GATEWAY, e.to_string()),
-            LoadError::Cdn(ref store) => Self::new(store_status(store), e.to_string()),
+            LoadError::Cdn(store) => cdn_error(store),
             LoadError::Busy(busy) => busy.into(),
             LoadError::Mismatched(_) => Self::new(StatusCode::CONFLICT, e.to_string()),
         }
@@ -137,9 +214,13 @@ impl From<UploadError> for HttpError {
                     CallError::Api(ApiError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::BAD_GATEWAY,
                 };
-                Self::new(status, e.to_string())
+                Self::server(
+                    status,
+                    "the big part was stored but the small part was not: upload the resource again",
+                    e,
+                )
             }
-            UploadError::Cdn(ref store) => Self::new(store_status(store), e.to_string()),
+            UploadError::Cdn(store) => cdn_error(store),
         }
     }
 }
@@ -147,5 +228,31 @@ impl From<UploadError> for HttpError {
 impl From<UnlockStartError> for HttpError {
     fn from(e: UnlockStartError) -> Self {
         Self::new(StatusCode::NOT_FOUND, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::CacheError;
+
+    #[test]
+    fn a_server_error_keeps_its_cause_out_of_the_body_and_in_the_chain() {
+        let cause = CacheError::io(
+            "cannot read /var/cache/azaion/models",
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied"),
+        );
+        assert_eq!(
+            chain(&cause),
+            "the cache cannot be used: cannot read /var/cache/azaion/models: permission denied"
+        );
+        assert_eq!(cause.io_kind(), Some(std::io::ErrorKind::PermissionDenied));
+        let error = HttpError::server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the cache cannot be read",
+            cause,
+        );
+        assert_eq!(error.detail, "the cache cannot be read");
+        assert!(error.cause.is_some());
     }
 }

@@ -71,6 +71,8 @@ pub fn request_span(req: &Request) -> Span {
         id = %id,
         method = %req.method(),
         path = %req.uri().path(),
+        // The cause of a failed answer, set by `HttpError`.
+        error = tracing::field::Empty,
     )
 }
 

@@ -92,7 +92,11 @@ pub async fn status_page() -> Response {
 
 impl From<CacheError> for HttpError {
     fn from(e: CacheError) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        Self::server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the cache cannot be read",
+            e,
+        )
     }
 }
 

@@ -231,17 +231,19 @@ async fn read_form(
                         let cache = state.resources.cache().clone();
                         let mut held =
                             Spool::new_in(&state.cache_dir, floor, cache).map_err(|e| {
-                                HttpError::new(
+                                HttpError::server(
                                     StatusCode::INTERNAL_SERVER_ERROR,
-                                    format!("cannot hold the upload: {e}"),
+                                    "cannot hold the upload",
+                                    e,
                                 )
                             })?;
                         while let Some(chunk) = field.chunk().await.map_err(form_error)? {
                             held.write(&chunk).await.map_err(|e| match e {
                                 SpoolError::NoRoom(floor) => no_room(floor),
-                                SpoolError::Io(e) => HttpError::new(
+                                SpoolError::Io(e) => HttpError::server(
                                     StatusCode::INSUFFICIENT_STORAGE,
-                                    format!("cannot hold the upload: {e}"),
+                                    "cannot hold the upload",
+                                    e,
                                 ),
                             })?;
                         }
@@ -268,9 +270,10 @@ async fn read_form(
     let spool = spool.ok_or_else(|| bad("the form has no data field"))?;
     state.session.session()?;
     let stream = spool.into_stream().await.map_err(|e| {
-        HttpError::new(
+        HttpError::server(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read the held upload: {e}"),
+            "cannot read the held upload",
+            e,
         )
     })?;
     if let Some(start) = start.take() {

@@ -32,9 +32,9 @@ pub(super) async fn remove(
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error("cannot read", &folder_dir, &e)),
+            Err(e) => return Err(io_error("cannot read", &folder_dir, e)),
         }
-        remove_entry(&shared, &path).map_err(|e| io_error("cannot remove", &path, &e))
+        remove_entry(&shared, &path).map_err(|e| io_error("cannot remove", &path, e))
     })
     .await
 }

@@ -102,7 +102,7 @@ pub(super) fn scan(root: &Path) -> io::Result<Scan> {
 impl Shared {
     pub(super) fn usage(&self) -> Result<CacheUsage, CacheError> {
         let scanned = scan(&self.root)
-            .map_err(|e| io_error("cannot list the cache folder", &self.root, &e))?;
+            .map_err(|e| io_error("cannot list the cache folder", &self.root, e))?;
         Ok(CacheUsage {
             // Writes in progress and held uploads count: they take disk already.
             bytes: scanned.bytes() + self.held.load(Ordering::Relaxed),
@@ -114,7 +114,7 @@ impl Shared {
     /// The entries on disk, by folder then name.
     pub(super) fn entries(&self) -> Result<Vec<CachedEntry>, CacheError> {
         let mut list: Vec<CachedEntry> = scan(&self.root)
-            .map_err(|e| io_error("cannot list the cache folder", &self.root, &e))?
+            .map_err(|e| io_error("cannot list the cache folder", &self.root, e))?
             .entries
             .into_iter()
             .map(|e| CachedEntry {

@@ -48,22 +48,22 @@ pub(super) fn prepare_root(root: &Path) -> Result<PathBuf, CacheError> {
                 .recursive(true)
                 .mode(DIR_MODE)
                 .create(root)
-                .map_err(|e| io_error("cannot create the cache folder", root, &e))?;
+                .map_err(|e| io_error("cannot create the cache folder", root, e))?;
             fs::set_permissions(root, Permissions::from_mode(DIR_MODE))
-                .map_err(|e| io_error("cannot restrict the cache folder", root, &e))?;
+                .map_err(|e| io_error("cannot restrict the cache folder", root, e))?;
         }
-        Err(e) => return Err(io_error("cannot read the cache folder", root, &e)),
+        Err(e) => return Err(io_error("cannot read the cache folder", root, e)),
         Ok(_) => {}
     }
-    let root = fs::canonicalize(root)
-        .map_err(|e| io_error("cannot resolve the cache folder", root, &e))?;
+    let root =
+        fs::canonicalize(root).map_err(|e| io_error("cannot resolve the cache folder", root, e))?;
     let meta =
-        fs::metadata(&root).map_err(|e| io_error("cannot read the cache folder", &root, &e))?;
+        fs::metadata(&root).map_err(|e| io_error("cannot read the cache folder", &root, e))?;
     if !meta.is_dir() {
-        return Err(CacheError::Io(format!(
-            "the cache folder {} is not a directory",
-            root.display()
-        )));
+        return Err(CacheError::io(
+            format!("the cache folder {}", root.display()),
+            io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        ));
     }
     Ok(root)
 }

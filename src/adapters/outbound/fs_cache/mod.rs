@@ -100,12 +100,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn io_error(context: &str, path: &Path, e: &io::Error) -> CacheError {
-    CacheError::Io(format!("{context} {}: {e}", path.display()))
+fn io_error(context: &str, path: &Path, e: io::Error) -> CacheError {
+    CacheError::io(format!("{context} {}", path.display()), e)
 }
 
 fn join_error(e: tokio::task::JoinError) -> CacheError {
-    CacheError::Io(format!("a cache task failed: {e}"))
+    CacheError::Broken(format!("a cache task failed: {e}"))
 }
 
 /// Runs blocking filesystem work off the async threads.
@@ -130,7 +130,7 @@ impl FsBigPartCache {
     pub fn open(root: PathBuf, max_bytes: Option<u64>) -> Result<Self, CacheError> {
         let root = layout::prepare_root(&root)?;
         layout::remove_leftover_temp_files(&root)
-            .map_err(|e| io_error("cannot clean the cache folder", &root, &e))?;
+            .map_err(|e| io_error("cannot clean the cache folder", &root, e))?;
         let shared = Arc::new(Shared {
             root,
             max_bytes,
@@ -142,7 +142,7 @@ impl FsBigPartCache {
         });
         if let Some(limit) = max_bytes {
             evict::evict_to_fit(&shared, limit, None)
-                .map_err(|e| io_error("cannot evict from the cache folder", &shared.root, &e))?;
+                .map_err(|e| io_error("cannot evict from the cache folder", &shared.root, e))?;
         }
         let usage = shared.usage()?;
         tracing::info!(
@@ -220,7 +220,7 @@ impl BigPartCache for FsBigPartCache {
         let shared = self.shared.clone();
         blocking(move || {
             evict::evict_to_fit(&shared, limit, None)
-                .map_err(|e| io_error("cannot evict from", &shared.root, &e))
+                .map_err(|e| io_error("cannot evict from", &shared.root, e))
         })
         .await
     }

@@ -140,18 +140,18 @@ fn inspect(
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => return Ok(Verdict::Miss),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Miss),
-        Err(e) => return Err(io_error("cannot read", folder_dir, &e)),
+        Err(e) => return Err(io_error("cannot read", folder_dir, e)),
     }
     let link = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Miss),
-        Err(e) => return Err(io_error("cannot read", path, &e)),
+        Err(e) => return Err(io_error("cannot read", path, e)),
     };
     let link_identity = (link.dev(), link.ino());
     let damaged = |identity: (u64, u64), reason: &str| -> Result<Verdict, CacheError> {
         tracing::warn!(file = %path.display(), reason, "removing a damaged cached big part");
         remove_if_same(shared, key, path, identity, false)
-            .map_err(|e| io_error("cannot remove the damaged", path, &e))?;
+            .map_err(|e| io_error("cannot remove the damaged", path, e))?;
         Ok(Verdict::Damaged)
     };
     if !link.file_type().is_file() {
@@ -164,7 +164,7 @@ fn inspect(
     };
     let meta = file
         .metadata()
-        .map_err(|e| io_error("cannot read", path, &e))?;
+        .map_err(|e| io_error("cannot read", path, e))?;
     let identity = (meta.dev(), meta.ino());
     if identity != link_identity || !meta.file_type().is_file() {
         return Ok(Verdict::Replaced);
@@ -180,7 +180,7 @@ fn inspect(
     if &header.small_digest != small_digest {
         tracing::info!(file = %path.display(), "removing a cached big part of an older small part");
         remove_if_same(shared, key, path, identity, false)
-            .map_err(|e| io_error("cannot remove the stale", path, &e))?;
+            .map_err(|e| io_error("cannot remove the stale", path, e))?;
         return Ok(Verdict::Stale);
     }
     if Some(meta.len()) != header.entry_len() {

@@ -43,17 +43,17 @@ pub(super) async fn create(
     let prefix = format!(".{}{TEMP_MARK}", name.as_str());
     let temp = blocking(move || {
         ensure_folder_dir(&folder_dir)
-            .map_err(|e| io_error("cannot make the cache folder", &folder_dir, &e))?;
+            .map_err(|e| io_error("cannot make the cache folder", &folder_dir, e))?;
         let mut temp = tempfile::Builder::new()
             .prefix(&prefix)
             .rand_bytes(12)
             .permissions(Permissions::from_mode(FILE_MODE))
             .tempfile_in(&folder_dir)
-            .map_err(|e| io_error("cannot create a file in", &folder_dir, &e))?;
+            .map_err(|e| io_error("cannot create a file in", &folder_dir, e))?;
         temp.as_file()
             .set_permissions(Permissions::from_mode(FILE_MODE))
             .and_then(|()| temp.write_all(&[0u8; RECORD_LEN]))
-            .map_err(|e| io_error("cannot write", temp.path(), &e))?;
+            .map_err(|e| io_error("cannot write", temp.path(), e))?;
         Ok(temp)
     })
     .await?;
@@ -103,7 +103,7 @@ struct FsCacheWriter {
 
 impl FsCacheWriter {
     fn broken() -> CacheError {
-        CacheError::Io("an earlier write to this cache entry failed".to_owned())
+        CacheError::Broken("an earlier write to this cache entry failed".to_owned())
     }
 
     /// Waits for the write in flight, if any, and takes the file back.
@@ -139,10 +139,10 @@ impl FsCacheWriter {
             let file = temp
                 .as_file()
                 .try_clone()
-                .map_err(|e| io_error("cannot reopen", &path, &e))?;
+                .map_err(|e| io_error("cannot reopen", &path, e))?;
             self.syncing = Some(tokio::task::spawn_blocking(move || {
                 file.sync_data()
-                    .map_err(|e| io_error("cannot flush", &path, &e))
+                    .map_err(|e| io_error("cannot flush", &path, e))
             }));
         }
         let chunks = std::mem::take(&mut self.pending);
@@ -151,7 +151,7 @@ impl FsCacheWriter {
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             for chunk in &chunks {
                 temp.write_all(chunk)
-                    .map_err(|e| io_error("cannot write", temp.path(), &e))?;
+                    .map_err(|e| io_error("cannot write", temp.path(), e))?;
             }
             Ok(temp)
         }));
@@ -179,7 +179,7 @@ impl CacheWriter for FsCacheWriter {
             if let Some(temp) = self.temp.take() {
                 blocking(move || {
                     temp.close()
-                        .map_err(|e| CacheError::Io(format!("cannot delete a temporary file: {e}")))
+                        .map_err(|e| CacheError::io("cannot delete a temporary file", e))
                 })
                 .await?;
             }
@@ -193,9 +193,7 @@ impl CacheWriter for FsCacheWriter {
             // Dropping the writer deletes the temporary file.
             self.pending.clear();
             self.pending_len = 0;
-            return Err(CacheError::Io(format!(
-                "caching would leave less than {floor} bytes free (MODEL_CACHE_MIN_FREE_BYTES)"
-            )));
+            return Err(CacheError::NoRoom { floor });
         }
         self.pending_len += chunk.len();
         self.pending.push(chunk);
@@ -211,7 +209,7 @@ impl CacheWriter for FsCacheWriter {
             let (shared, key) = (self.shared.clone(), self.key.clone());
             blocking(move || {
                 evict_to_fit(&shared, limit, Some(&key))
-                    .map_err(|e| io_error("cannot evict from", &shared.root, &e))
+                    .map_err(|e| io_error("cannot evict from", &shared.root, e))
             })
             .await?;
         }
@@ -253,22 +251,22 @@ fn finish_entry(
     let file = temp.as_file();
     file.write_all_at(&record.encode_table(), RECORD_LEN as u64 + record.big_len)
         .and_then(|()| file.write_all_at(&record.encode_header(), 0))
-        .map_err(|e| io_error("cannot write", temp.path(), &e))?;
+        .map_err(|e| io_error("cannot write", temp.path(), e))?;
     // First use, for eviction (explicit, so every entry's time has the same precision).
     if let Err(e) = file.set_modified(shared.clock.now()) {
         tracing::debug!(file = %temp.path().display(), error = %e, "cannot set a cache file's time");
     }
     file.sync_all()
-        .map_err(|e| io_error("cannot flush", temp.path(), &e))?;
+        .map_err(|e| io_error("cannot flush", temp.path(), e))?;
 
     let _commits = lock(&shared.commits);
     {
         let _names = lock(&shared.names);
         temp.persist(final_path)
-            .map_err(|e| io_error("cannot rename into", final_path, &e.error))?;
+            .map_err(|e| io_error("cannot rename into", final_path, e.error))?;
     }
     if let Some(dir) = final_path.parent() {
-        sync_dir(dir).map_err(|e| io_error("cannot flush", dir, &e))?;
+        sync_dir(dir).map_err(|e| io_error("cannot flush", dir, e))?;
     }
     if let Some(limit) = shared.max_bytes
         && let Err(e) = evict_to_fit(shared, limit, Some(key))
