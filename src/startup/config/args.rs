@@ -1,11 +1,13 @@
 //! The `serve` settings from flags and the environment (clap), laid over a
 //! configuration file and the defaults, with where each value came from.
 
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
+use super::file::{self, SettingError};
+use super::values::{List, Secs, Size};
 use super::*;
 use crate::app::ranged::CdnReads;
 
@@ -57,19 +59,22 @@ impl Resolved {
     }
 }
 
-/// The settings of `serve` (and `unlock`), from flags or the environment
-/// variables of §7, optionally on top of a TOML file (`--config`).
+/// Every setting of `serve` (and `unlock`), each written once: its flag,
+/// its environment variable (docs/PROTOCOL.md §7), its help, and its key in
+/// the TOML file (`--config`, the same names; `deny_unknown_fields`).
 ///
-/// Every value is optional here so that the file can fill what flags and
-/// environment leave out; the defaults come last, in [`ServeArgs::resolve`].
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Every value is optional so that one layer can fill what another leaves
+/// out: flags over the environment (clap), over the file, over the
+/// defaults, in [`ServeArgs::resolve`]. Sizes take `20G`/`512MiB` or bytes;
+/// durations `30s`/`2h` or seconds.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
-    /// TOML file with any of: listen, resource_api_url, model_cache_dir,
-    /// cache_max_bytes, images_path, images, docker_host, runtime,
-    /// api_connect_timeout_secs, api_request_timeout_secs, cdn_segment_mib,
-    /// cdn_parallel_reads. Flags and
-    /// environment override it; relative paths in it are taken from its folder.
+    /// TOML file with any of the settings below, under their flag names
+    /// (`resource_api_url = "..."`). Flags and environment override it;
+    /// relative paths in it are taken from its folder.
     #[arg(long, env = "LOADER_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to serve on, or `unix:/path/loader.sock` for a Unix socket
     /// (mode 0660) [default: 127.0.0.1:8080]. Keep TCP on loopback unless
@@ -82,60 +87,134 @@ pub struct ServeArgs {
     /// Local cache of big parts [default: ./cache].
     #[arg(long, env = "MODEL_CACHE_DIR")]
     pub model_cache_dir: Option<PathBuf>,
-    /// Cache size limit in bytes; least recently used entries are evicted
-    /// beyond it [default: unlimited].
+    /// Cache size limit (`20G`, `512MiB` or bytes); least recently used
+    /// entries are evicted beyond it [default: unlimited].
     #[arg(long, env = "MODEL_CACHE_MAX_BYTES")]
-    pub cache_max_bytes: Option<u64>,
+    pub cache_max_bytes: Option<Size>,
     /// Encrypted image archive [default: /opt/azaion/images.enc].
     #[arg(long, env = "IMAGES_PATH")]
     pub images_path: Option<PathBuf>,
     /// Expected images, comma-separated `repository:tag` [default: none].
     #[arg(long, env = "LOADER_IMAGES")]
-    pub images: Option<String>,
+    pub images: Option<List>,
     /// Container runtime endpoint [default: the runtime's own default socket].
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
     /// How to talk to Docker [default: bollard].
     #[arg(long, env = "LOADER_RUNTIME", value_enum)]
     pub runtime: Option<RuntimeKind>,
-    /// Seconds allowed to connect to the Resource API [default: 5].
-    #[arg(long, env = "API_CONNECT_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub api_connect_timeout_secs: Option<u64>,
-    /// Seconds allowed for one Resource API call [default: 60].
-    #[arg(long, env = "API_REQUEST_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub api_request_timeout_secs: Option<u64>,
+    /// Time allowed to connect to the Resource API (`5s`, or seconds) [default: 5].
+    #[arg(long, env = "API_CONNECT_TIMEOUT_SECS")]
+    pub api_connect_timeout_secs: Option<Secs>,
+    /// Time allowed for one Resource API call (`1m`, or seconds) [default: 60].
+    #[arg(long, env = "API_REQUEST_TIMEOUT_SECS")]
+    pub api_request_timeout_secs: Option<Secs>,
     /// MiB per ranged GET when a big part comes from the CDN, 1-64 [default: 4].
-    #[arg(long, env = "CDN_SEGMENT_MIB", value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, env = "CDN_SEGMENT_MIB")]
     pub cdn_segment_mib: Option<u64>,
     /// Ranged GETs in flight for one big part, 1-16 (1: one plain GET) [default: 4].
-    #[arg(long, env = "CDN_PARALLEL_READS", value_parser = clap::value_parser!(u64).range(1..=16))]
+    #[arg(long, env = "CDN_PARALLEL_READS")]
     pub cdn_parallel_reads: Option<u64>,
     /// Extra host names a request's Host header may carry, comma-separated
     /// (localhost, 127.0.0.1, [::1] and the listen host always may) [default: none].
     #[arg(long, env = "LOADER_ALLOWED_HOSTS")]
-    pub allowed_hosts: Option<String>,
+    pub allowed_hosts: Option<List>,
     /// File holding the client token every request but `GET /health` must
     /// carry as `Authorization: Bearer`; must not be readable by others [default: none].
     #[arg(long, env = "LOADER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Largest upload body in bytes (413 beyond) [default: 68719476736].
+    /// Largest upload body (`64GiB`, or bytes; 413 beyond) [default: 64GiB].
     #[arg(long, env = "LOADER_MAX_UPLOAD_BYTES")]
-    pub max_upload_bytes: Option<u64>,
-    /// Free bytes the cache and upload spools leave on their file system [default: 1073741824].
+    pub max_upload_bytes: Option<Size>,
+    /// Free space the cache and upload spools leave on their file system
+    /// (`1GiB`, or bytes) [default: 1GiB].
     #[arg(long, env = "MODEL_CACHE_MIN_FREE_BYTES")]
-    pub min_free_bytes: Option<u64>,
+    pub min_free_bytes: Option<Size>,
     /// CDN downloads and uploads in progress at once, 1-4096 [default: 16].
-    #[arg(long, env = "LOADER_MAX_TRANSFERS", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, env = "LOADER_MAX_TRANSFERS")]
     pub max_transfers: Option<u64>,
-    /// Seconds an unlock may take before it ends in `error` [default: 7200].
-    #[arg(long, env = "UNLOCK_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub unlock_timeout_secs: Option<u64>,
+    /// Time an unlock may take before it ends in `error` (`2h`, or seconds) [default: 7200].
+    #[arg(long, env = "UNLOCK_TIMEOUT_SECS")]
+    pub unlock_timeout_secs: Option<Secs>,
     /// Allow `http://` to a Resource API that is not on loopback (the password travels in clear).
     #[arg(long, env = "LOADER_ALLOW_INSECURE_HTTP")]
     pub allow_insecure_http: Option<bool>,
     /// Connections served at once, 1-65536 [default: 512].
-    #[arg(long, env = "LOADER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, env = "LOADER_MAX_CONNECTIONS")]
     pub max_connections: Option<u64>,
+}
+
+/// `value` within `low..=high`, or why not.
+fn within(
+    key: &'static str,
+    value: Option<u64>,
+    (low, high): (u64, u64),
+) -> Result<(), SettingError> {
+    match value {
+        Some(v) if v < low || v > high => Err(SettingError {
+            key,
+            reason: format!("{v} is outside {low}-{high}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn positive(key: &'static str, value: Option<Secs>) -> Result<(), SettingError> {
+    match value {
+        Some(Secs(d)) if d.is_zero() => Err(SettingError {
+            key,
+            reason: "must be more than 0 seconds".to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl ServeArgs {
+    /// The rules a value must keep, wherever it came from.
+    pub fn check(&self) -> Result<(), SettingError> {
+        if let Some(url) = &self.resource_api_url
+            && !url.is_empty()
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SettingError {
+                key: "resource_api_url",
+                reason: format!(
+                    "`{}` is not an http:// or https:// URL",
+                    mask_url_userinfo(url)
+                ),
+            });
+        }
+        if self
+            .model_cache_dir
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(SettingError {
+                key: "model_cache_dir",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        positive("api_connect_timeout_secs", self.api_connect_timeout_secs)?;
+        positive("api_request_timeout_secs", self.api_request_timeout_secs)?;
+        positive("unlock_timeout_secs", self.unlock_timeout_secs)?;
+        within(
+            "cdn_segment_mib",
+            self.cdn_segment_mib,
+            CDN_SEGMENT_MIB_RANGE,
+        )?;
+        within(
+            "cdn_parallel_reads",
+            self.cdn_parallel_reads,
+            CDN_PARALLEL_READS_RANGE,
+        )?;
+        within("max_transfers", self.max_transfers, MAX_TRANSFERS_RANGE)?;
+        within(
+            "max_connections",
+            self.max_connections,
+            MAX_CONNECTIONS_RANGE,
+        )?;
+        Ok(())
+    }
 }
 
 /// Picks the first value present and records where it came from.
@@ -160,21 +239,23 @@ impl ServeArgs {
     /// Kept for callers that never take a file; `serve` and `unlock` use
     /// [`ServeArgs::resolve`].
     pub fn into_config(self) -> Config {
-        self.merge(FileSettings::default(), None).config
+        self.merge(ServeArgs::default(), None).config
     }
 
     /// Flags over environment (clap) over the `--config` file over the defaults.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
+        self.check()
+            .map_err(|SettingError { key, reason }| ConfigError::Setting { key, reason })?;
         match self.config.clone() {
             Some(path) => {
-                let file = FileSettings::load(&path)?;
+                let file = file::load(&path)?;
                 Ok(self.merge(file, Some(path)))
             }
-            None => Ok(self.merge(FileSettings::default(), None)),
+            None => Ok(self.merge(ServeArgs::default(), None)),
         }
     }
 
-    pub(super) fn merge(self, file: FileSettings, file_path: Option<PathBuf>) -> Resolved {
+    pub(super) fn merge(self, file: ServeArgs, file_path: Option<PathBuf>) -> Resolved {
         let defaults = Config::defaults();
         let mut origins = BTreeMap::new();
         let o = &mut origins;
@@ -196,8 +277,8 @@ impl ServeArgs {
         let cache_max_bytes = pick(
             o,
             "cache_max_bytes",
-            self.cache_max_bytes.map(Some),
-            file.cache_max_bytes.map(Some),
+            self.cache_max_bytes.map(|s| Some(s.0)),
+            file.cache_max_bytes.map(|s| Some(s.0)),
             defaults.cache_max_bytes,
         );
         let images_path = pick(
@@ -210,8 +291,8 @@ impl ServeArgs {
         let expected_images = pick(
             o,
             "images",
-            self.images.as_deref().map(parse_image_list),
-            file.images,
+            self.images.map(|l| l.0),
+            file.images.map(|l| l.0),
             defaults.expected_images,
         );
         let docker_host = pick(
@@ -225,16 +306,16 @@ impl ServeArgs {
         let connect = pick(
             o,
             "api_connect_timeout_secs",
-            self.api_connect_timeout_secs,
-            file.api_connect_timeout_secs,
-            DEFAULT_API_CONNECT_TIMEOUT_SECS,
+            self.api_connect_timeout_secs.map(|s| s.0),
+            file.api_connect_timeout_secs.map(|s| s.0),
+            defaults.api_connect_timeout,
         );
         let request = pick(
             o,
             "api_request_timeout_secs",
-            self.api_request_timeout_secs,
-            file.api_request_timeout_secs,
-            DEFAULT_API_REQUEST_TIMEOUT_SECS,
+            self.api_request_timeout_secs.map(|s| s.0),
+            file.api_request_timeout_secs.map(|s| s.0),
+            defaults.api_request_timeout,
         );
         let segment_mib = pick(
             o,
@@ -253,8 +334,8 @@ impl ServeArgs {
         let allowed_hosts = pick(
             o,
             "allowed_hosts",
-            self.allowed_hosts.as_deref().map(parse_host_list),
-            file.allowed_hosts,
+            self.allowed_hosts.map(|l| lowercase(l.0)),
+            file.allowed_hosts.map(|l| lowercase(l.0)),
             Vec::new(),
         );
         let token_file = pick(
@@ -269,15 +350,15 @@ impl ServeArgs {
         let max_upload_bytes = pick(
             o,
             "max_upload_bytes",
-            self.max_upload_bytes,
-            file.max_upload_bytes,
+            self.max_upload_bytes.map(|s| s.0),
+            file.max_upload_bytes.map(|s| s.0),
             d.max_upload_bytes,
         );
         let min_free_bytes = pick(
             o,
             "min_free_bytes",
-            self.min_free_bytes,
-            file.min_free_bytes,
+            self.min_free_bytes.map(|s| s.0),
+            file.min_free_bytes.map(|s| s.0),
             d.min_free_bytes,
         );
         let max_transfers = pick(
@@ -290,9 +371,9 @@ impl ServeArgs {
         let unlock_timeout = pick(
             o,
             "unlock_timeout_secs",
-            self.unlock_timeout_secs,
-            file.unlock_timeout_secs,
-            DEFAULT_UNLOCK_TIMEOUT_SECS,
+            self.unlock_timeout_secs.map(|s| s.0),
+            file.unlock_timeout_secs.map(|s| s.0),
+            d.unlock_timeout,
         );
         let allow_insecure_http = pick(
             o,
@@ -318,8 +399,8 @@ impl ServeArgs {
                 expected_images,
                 docker_host,
                 runtime,
-                api_connect_timeout: Duration::from_secs(connect),
-                api_request_timeout: Duration::from_secs(request),
+                api_connect_timeout: connect,
+                api_request_timeout: request,
                 cdn_reads: CdnReads {
                     segment: segment_mib << 20,
                     // At most 16, from the parser's range.
@@ -332,7 +413,7 @@ impl ServeArgs {
                     min_free_bytes,
                     // Both bounded by their parsers' ranges.
                     max_transfers: usize::try_from(max_transfers).unwrap_or(1),
-                    unlock_timeout: Duration::from_secs(unlock_timeout),
+                    unlock_timeout,
                     allow_insecure_http,
                     max_connections: usize::try_from(max_connections).unwrap_or(1),
                 },
@@ -341,4 +422,8 @@ impl ServeArgs {
             origins,
         }
     }
+}
+
+fn lowercase(hosts: Vec<String>) -> Vec<String> {
+    hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect()
 }

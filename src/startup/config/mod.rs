@@ -7,9 +7,11 @@ mod args;
 mod file;
 #[cfg(test)]
 mod tests;
+mod values;
 
 pub use args::{Origin, Resolved, ServeArgs};
-pub use file::{ConfigError, FileSettings};
+pub use file::{ConfigError, SettingError};
+pub use values::{List, Secs, Size};
 
 use crate::app::ranged::CdnReads;
 
@@ -142,14 +144,6 @@ impl Default for Limits {
     }
 }
 
-/// Splits `LOADER_ALLOWED_HOSTS`: comma-separated, lower-cased, blanks ignored.
-pub fn parse_host_list(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(|h| h.trim().to_ascii_lowercase())
-        .filter(|h| !h.is_empty())
-        .collect()
-}
-
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_RESOURCE_API_URL: &str = "https://api.azaion.com";
 pub const DEFAULT_IMAGES_PATH: &str = "/opt/azaion/images.enc";
@@ -162,30 +156,6 @@ pub const CDN_PARALLEL_READS_RANGE: (u64, u64) = (1, 16);
 /// Bounds of `max_transfers` and `max_connections`.
 pub const MAX_TRANSFERS_RANGE: (u64, u64) = (1, 4096);
 pub const MAX_CONNECTIONS_RANGE: (u64, u64) = (1, 65536);
-
-/// The keys a configuration file may hold (named like the `serve` flags).
-pub const FILE_KEYS: &[&str] = &[
-    "listen",
-    "resource_api_url",
-    "model_cache_dir",
-    "cache_max_bytes",
-    "images_path",
-    "images",
-    "docker_host",
-    "runtime",
-    "api_connect_timeout_secs",
-    "api_request_timeout_secs",
-    "cdn_segment_mib",
-    "cdn_parallel_reads",
-    "allowed_hosts",
-    "token_file",
-    "max_upload_bytes",
-    "min_free_bytes",
-    "max_transfers",
-    "unlock_timeout_secs",
-    "allow_insecure_http",
-    "max_connections",
-];
 
 /// Splits `LOADER_IMAGES`: comma-separated, blanks ignored.
 pub fn parse_image_list(text: &str) -> Vec<String> {

@@ -3,8 +3,8 @@
 use super::*;
 use std::path::Path;
 
-fn parse(text: &str) -> Result<FileSettings, ConfigError> {
-    FileSettings::parse(
+fn parse(text: &str) -> Result<ServeArgs, ConfigError> {
+    file::parse(
         text,
         Path::new("/etc/azaion/loader.toml"),
         Path::new("/etc/azaion"),
@@ -15,6 +15,29 @@ fn parse(text: &str) -> Result<FileSettings, ConfigError> {
 fn image_list_ignores_blanks_and_spaces() {
     assert_eq!(parse_image_list(""), Vec::<String>::new());
     assert_eq!(parse_image_list(" a:1 , ,b:2,"), vec!["a:1", "b:2"]);
+}
+
+#[test]
+fn a_flag_or_env_value_breaking_a_rule_is_refused_with_its_key() {
+    let args = ServeArgs {
+        cdn_segment_mib: Some(65),
+        ..ServeArgs::default()
+    };
+    let err = args.resolve().unwrap_err().to_string();
+    assert!(
+        err.starts_with("cdn_segment_mib: 65 is outside 1-64"),
+        "{err}"
+    );
+    let args = ServeArgs {
+        unlock_timeout_secs: Some("0s".parse().unwrap()),
+        ..ServeArgs::default()
+    };
+    assert!(
+        args.resolve()
+            .unwrap_err()
+            .to_string()
+            .starts_with("unlock_timeout_secs")
+    );
 }
 
 #[test]
@@ -64,10 +87,16 @@ fn a_file_reads_every_key_and_resolves_paths_against_its_folder() {
     assert_eq!(s.listen, Some(Listen::Tcp("0.0.0.0:9000".parse().unwrap())));
     assert_eq!(s.model_cache_dir, Some(PathBuf::from("/etc/azaion/cache")));
     assert_eq!(s.images_path, Some(PathBuf::from("/opt/x/images.enc")));
-    assert_eq!(s.images, Some(vec!["a:1".to_owned(), "b:2".to_owned()]));
+    assert_eq!(
+        s.images,
+        Some(List(vec!["a:1".to_owned(), "b:2".to_owned()]))
+    );
     assert_eq!(s.runtime, Some(RuntimeKind::Cli));
-    assert_eq!(s.cache_max_bytes, Some(1000));
-    assert_eq!(s.api_request_timeout_secs, Some(30));
+    assert_eq!(s.cache_max_bytes, Some(Size(1000)));
+    assert_eq!(
+        s.api_request_timeout_secs,
+        Some(Secs(Duration::from_secs(30)))
+    );
     assert_eq!(s.cdn_segment_mib, Some(16));
     assert_eq!(s.cdn_parallel_reads, Some(2));
 }
@@ -94,7 +123,13 @@ fn the_trust_boundary_settings_read_from_a_file_and_from_text() {
     );
     assert_eq!(
         s.allowed_hosts,
-        Some(vec!["loader".to_owned(), "gs-1.local".to_owned()])
+        Some(List(vec!["Loader".to_owned(), "gs-1.local".to_owned()]))
+    );
+    // Host names are compared lower-cased.
+    let merged = ServeArgs::default().merge(s.clone(), None);
+    assert_eq!(
+        merged.config.limits.allowed_hosts,
+        vec!["loader", "gs-1.local"]
     );
     assert_eq!(
         s.token_file,
@@ -102,9 +137,9 @@ fn the_trust_boundary_settings_read_from_a_file_and_from_text() {
     );
     assert_eq!(
         (s.max_upload_bytes, s.min_free_bytes, s.max_transfers),
-        (Some(1000), Some(0), Some(2))
+        (Some(Size(1000)), Some(Size(0)), Some(2))
     );
-    assert_eq!(s.unlock_timeout_secs, Some(30));
+    assert_eq!(s.unlock_timeout_secs, Some(Secs(Duration::from_secs(30))));
     assert_eq!(s.allow_insecure_http, Some(true));
     assert_eq!(s.max_connections, Some(8));
     assert_eq!(
@@ -113,7 +148,6 @@ fn the_trust_boundary_settings_read_from_a_file_and_from_text() {
     );
     assert!("unix:".parse::<Listen>().is_err());
     assert!("localhost:80".parse::<Listen>().is_err());
-    assert_eq!(parse_host_list(" A.local, ,b "), vec!["a.local", "b"]);
     for (text, key) in [
         ("max_transfers = 0", "max_transfers"),
         ("allow_insecure_http = 1", "allow_insecure_http"),
@@ -127,7 +161,28 @@ fn the_trust_boundary_settings_read_from_a_file_and_from_text() {
 #[test]
 fn images_may_be_one_comma_separated_string() {
     let s = parse(r#"images = "a:1, b:2""#).unwrap();
-    assert_eq!(s.images, Some(vec!["a:1".to_owned(), "b:2".to_owned()]));
+    assert_eq!(
+        s.images,
+        Some(List(vec!["a:1".to_owned(), "b:2".to_owned()]))
+    );
+}
+
+#[test]
+fn sizes_and_durations_take_human_forms_in_the_file() {
+    let s = parse(
+        r#"
+        cache_max_bytes = "20G"
+        min_free_bytes = "512MiB"
+        unlock_timeout_secs = "2h"
+        api_request_timeout_secs = "1m 30s"
+        "#,
+    )
+    .unwrap();
+    let config = ServeArgs::default().merge(s, None).config;
+    assert_eq!(config.cache_max_bytes, Some(20_000_000_000));
+    assert_eq!(config.limits.min_free_bytes, 512 << 20);
+    assert_eq!(config.limits.unlock_timeout, Duration::from_secs(7200));
+    assert_eq!(config.api_request_timeout, Duration::from_secs(90));
 }
 
 #[test]
@@ -136,7 +191,8 @@ fn bad_values_name_their_key() {
         (r#"listen = "nowhere""#, "listen"),
         ("listen = 8080", "listen"),
         ("cache_max_bytes = -1", "cache_max_bytes"),
-        (r#"cache_max_bytes = "10G""#, "cache_max_bytes"),
+        (r#"cache_max_bytes = "10 lightyears""#, "cache_max_bytes"),
+        (r#"unlock_timeout_secs = "soon""#, "unlock_timeout_secs"),
         (r#"runtime = "podman""#, "runtime"),
         ("images = [1, 2]", "images"),
         ("api_connect_timeout_secs = 0", "api_connect_timeout_secs"),
@@ -155,9 +211,11 @@ fn bad_values_name_their_key() {
 fn unknown_keys_and_broken_toml_are_refused() {
     let err = parse("listn = \"x\"").unwrap_err().to_string();
     assert!(
-        err.contains("unknown key `listn`") && err.contains("listen"),
+        err.contains("unknown key `listn`") && err.contains("`listen`"),
         "{err}"
     );
+    let err = parse("config = \"other.toml\"").unwrap_err().to_string();
+    assert!(err.contains("unknown key `config`"), "{err}");
     let err = parse("listen = ").unwrap_err().to_string();
     assert!(err.contains("not valid TOML"), "{err}");
 }
