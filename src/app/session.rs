@@ -303,6 +303,11 @@ impl SessionService {
     pub fn session(&self) -> Result<Arc<Session>, CallError> {
         self.current().ok_or(CallError::NotLoggedIn)
     }
+
+    /// `NotLoggedIn` unless a session is open (a refusal before any work).
+    pub fn require_login(&self) -> Result<(), CallError> {
+        self.session().map(|_| ())
+    }
 }
 
 fn login_error(e: ApiError) -> LoginError {

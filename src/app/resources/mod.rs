@@ -25,7 +25,10 @@ use crate::domain::keys::{AesKey, resource_key};
 use crate::domain::names::{Folder, ResourceName};
 use crate::domain::split::{SMALL_PART_MAX, small_part_len};
 use crate::ports::object_store::TAIL_LEN;
-use crate::ports::{BigPartCache, ByteStream, CacheLookup, CacheWriter, ObjectStore, StoreError};
+use crate::ports::{
+    BigPartCache, ByteStream, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry,
+    HeldSpace, ObjectStore, StoreError,
+};
 
 /// `LOADER_MAX_TRANSFERS` unless configured.
 const DEFAULT_TRANSFERS: usize = 16;
@@ -102,6 +105,31 @@ pub struct Download {
     pub plaintext: ByteStream,
 }
 
+/// Space an upload takes in the cache folder outside any entry; see
+/// [`ResourceService::upload_room`].
+pub struct UploadRoom {
+    held: HeldSpace,
+    cache: Arc<dyn BigPartCache>,
+}
+
+impl UploadRoom {
+    pub fn in_cache(cache: Arc<dyn BigPartCache>) -> Self {
+        Self {
+            held: cache.hold_space(),
+            cache,
+        }
+    }
+
+    pub fn grow(&mut self, bytes: u64) {
+        self.held.grow(bytes);
+    }
+
+    /// Evicts entries until the cache (this hold included) fits its limit.
+    pub async fn make_room(&self) -> Result<(), CacheError> {
+        self.cache.make_room().await
+    }
+}
+
 pub struct ResourceService {
     session: Arc<SessionService>,
     cache: Arc<dyn BigPartCache>,
@@ -154,8 +182,22 @@ impl ResourceService {
         self
     }
 
-    pub fn cache(&self) -> &Arc<dyn BigPartCache> {
-        &self.cache
+    /// What the cache holds now, and its limit.
+    pub async fn cache_usage(&self) -> Result<CacheUsage, CacheError> {
+        self.cache.usage().await
+    }
+
+    /// The cached big parts, by folder and name.
+    pub async fn cache_entries(&self) -> Result<Vec<CachedEntry>, CacheError> {
+        let mut entries = self.cache.entries().await?;
+        entries.sort_by(|a, b| (&a.folder, &a.name).cmp(&(&b.folder, &b.name)));
+        Ok(entries)
+    }
+
+    /// Room in the cache for an upload held before its folder is known: its
+    /// bytes count in the cache's usage while the returned hold lives.
+    pub fn upload_room(&self) -> UploadRoom {
+        UploadRoom::in_cache(self.cache.clone())
     }
 
     /// The small part of `folder/name` from the API, decrypted with this

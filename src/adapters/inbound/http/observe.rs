@@ -109,7 +109,7 @@ pub async fn count_and_log(State(state): State<AppState>, req: Request, next: Ne
     responses((status = 200, description = "Counters and gauges in the Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let cache = match state.resources.cache().usage().await {
+    let cache = match state.resources.cache_usage().await {
         Ok(usage) => Some(usage),
         Err(e) => {
             tracing::warn!("metrics without cache usage: {e}");

@@ -111,10 +111,8 @@ impl From<CacheError> for HttpError {
     )
 )]
 pub async fn cache(State(state): State<AppState>) -> Result<Response, HttpError> {
-    let cache = state.resources.cache();
-    let usage = cache.usage().await?;
-    let mut entries = cache.entries().await?;
-    entries.sort_by(|a, b| (&a.folder, &a.name).cmp(&(&b.folder, &b.name)));
+    let usage = state.resources.cache_usage().await?;
+    let entries = state.resources.cache_entries().await?;
     let body = CacheBody {
         usage: CacheUsageBody {
             bytes: usage.bytes,

@@ -7,14 +7,14 @@
 
 use std::io::SeekFrom;
 use std::path::Path;
-use std::sync::Arc;
 
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::adapters::disk::FreeSpaceFloor;
+use crate::app::resources::UploadRoom;
 use crate::domain::cipher::{Decryptor, Encryptor};
 use crate::domain::keys::AesKey;
-use crate::ports::{BigPartCache, ByteStream, HeldSpace};
+use crate::ports::ByteStream;
 
 const CHUNK: usize = 1 << 20;
 
@@ -37,18 +37,14 @@ pub struct Spool {
     encryptor: Encryptor,
     buf: Vec<u8>,
     written: u64,
-    cache: Arc<dyn BigPartCache>,
-    held: HeldSpace,
+    room: UploadRoom,
     room_made_until: u64,
 }
 
 impl Spool {
-    /// A spool in `dir` (the cache folder) whose bytes count in `cache`'s usage.
-    pub fn new_in(
-        dir: &Path,
-        min_free_bytes: u64,
-        cache: Arc<dyn BigPartCache>,
-    ) -> std::io::Result<Self> {
+    /// A spool in `dir` (the cache folder) whose bytes count in the cache's
+    /// usage through `room`.
+    pub fn new_in(dir: &Path, min_free_bytes: u64, room: UploadRoom) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let file = tokio::fs::File::from_std(tempfile::tempfile_in(dir)?);
         let mut key = [0u8; 32];
@@ -63,8 +59,7 @@ impl Spool {
             floor: FreeSpaceFloor::new(dir, min_free_bytes),
             buf: Vec::with_capacity(CHUNK + 32),
             written: 0,
-            held: cache.hold_space(),
-            cache,
+            room,
             room_made_until: 0,
         })
     }
@@ -82,10 +77,10 @@ impl Spool {
 
     async fn grow(&mut self, bytes: u64) -> Result<(), SpoolError> {
         self.written += bytes;
-        self.held.grow(bytes);
+        self.room.grow(bytes);
         if self.written >= self.room_made_until {
             self.room_made_until = self.written + MAKE_ROOM_EVERY;
-            self.cache
+            self.room
                 .make_room()
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -99,12 +94,12 @@ impl Spool {
         self.encryptor.finish(&mut self.buf);
         self.file.write_all(&self.buf).await?;
         self.written += self.buf.len() as u64;
-        self.held.grow(self.buf.len() as u64);
+        self.room.grow(self.buf.len() as u64);
         self.file.flush().await?;
         self.file.seek(SeekFrom::Start(0)).await?;
         let decryptor = Decryptor::new(&self.key).with_expected_len(self.written);
         // The file's space stays counted until the stream ends or is dropped.
-        let held = self.held;
+        let held = self.room;
         Ok(crate::app::decrypt_file::decrypting_file(
             self.file,
             decryptor,
@@ -119,12 +114,18 @@ impl Spool {
 mod tests {
     use super::*;
     use crate::adapters::fakes::FakeCache;
+    use crate::ports::BigPartCache;
     use futures::StreamExt;
+    use std::sync::Arc;
+
+    fn room(cache: FakeCache) -> UploadRoom {
+        UploadRoom::in_cache(Arc::new(cache))
+    }
 
     #[tokio::test]
     async fn spooled_bytes_come_back_exactly_and_the_file_holds_no_plaintext() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::new_in(dir.path(), 0, Arc::new(FakeCache::new())).unwrap();
+        let mut spool = Spool::new_in(dir.path(), 0, room(FakeCache::new())).unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         for piece in data.chunks(77_777) {
             spool.write(piece).await.unwrap();
@@ -144,7 +145,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = crate::adapters::disk::free_bytes(dir.path()).unwrap();
         let mut spool =
-            Spool::new_in(dir.path(), free + (1 << 40), Arc::new(FakeCache::new())).unwrap();
+            Spool::new_in(dir.path(), free + (1 << 40), room(FakeCache::new())).unwrap();
         assert!(matches!(
             spool.write(b"abc").await,
             Err(SpoolError::NoRoom(_))
@@ -155,7 +156,7 @@ mod tests {
     async fn what_a_spool_holds_counts_in_the_cache_usage_until_its_stream_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let cache = FakeCache::new();
-        let mut spool = Spool::new_in(dir.path(), 0, Arc::new(cache.clone())).unwrap();
+        let mut spool = Spool::new_in(dir.path(), 0, room(cache.clone())).unwrap();
         let usage = || async { cache.usage().await.unwrap().bytes };
         assert_eq!(usage().await, 0);
         spool.write(&[7u8; 100_000]).await.unwrap();

@@ -138,7 +138,7 @@ pub async fn upload(
         bad("expected a multipart/form-data body with a boundary (Content-Type: multipart/form-data; boundary=...)")
     })?;
     let name = ResourceName::parse(&path_name(path)?)?;
-    state.session.session()?;
+    state.session.require_login()?;
     let limits = &state.uploads;
     if let Some(declared) = declared_length(&headers) {
         if declared > limits.max_upload_bytes {
@@ -228,9 +228,9 @@ async fn read_form(
                         }
                     } else {
                         let floor = state.uploads.min_free_bytes;
-                        let cache = state.resources.cache().clone();
+                        let room = state.resources.upload_room();
                         let mut held =
-                            Spool::new_in(&state.cache_dir, floor, cache).map_err(|e| {
+                            Spool::new_in(&state.cache_dir, floor, room).map_err(|e| {
                                 HttpError::server(
                                     StatusCode::INTERNAL_SERVER_ERROR,
                                     "cannot hold the upload",
@@ -268,7 +268,7 @@ async fn read_form(
     outcome?;
     let folder = folder.ok_or_else(|| bad("the form has no folder field"))?;
     let spool = spool.ok_or_else(|| bad("the form has no data field"))?;
-    state.session.session()?;
+    state.session.require_login()?;
     let stream = spool.into_stream().await.map_err(|e| {
         HttpError::server(
             StatusCode::INTERNAL_SERVER_ERROR,
