@@ -207,11 +207,20 @@ mod tests {
         (store, data, first)
     }
 
-    fn reads(parallel: usize) -> CdnReads {
-        CdnReads {
+    /// `m.big` read in segments of `SEGMENT`, `parallel` at a time.
+    fn body(store: &Arc<FakeObjectStore>, first: ObjectBody, parallel: usize) -> ByteStream {
+        let reads = CdnReads {
             segment: SEGMENT,
             parallel,
-        }
+        };
+        let store: Arc<dyn ObjectStore> = store.clone();
+        parallel_body(
+            store,
+            Folder::parse("models").unwrap(),
+            "m.big".into(),
+            first,
+            reads,
+        )
     }
 
     #[tokio::test]
@@ -219,14 +228,7 @@ mod tests {
         let (store, data, first) = setup(10 * SEGMENT as usize + 77).await;
         // The first ranged reads are slow, the later ones fast.
         store.stall_next_gets(2, Duration::from_millis(150));
-        let dyn_store: Arc<dyn ObjectStore> = store.clone();
-        let mut body = parallel_body(
-            dyn_store,
-            Folder::parse("models").unwrap(),
-            "m.big".into(),
-            first,
-            reads(4),
-        );
+        let mut body = body(&store, first, 4);
         let mut got = Vec::new();
         while let Some(chunk) = body.next().await {
             got.extend_from_slice(&chunk.unwrap());
@@ -243,14 +245,7 @@ mod tests {
         let (store, _, first) = setup(40 * SEGMENT as usize).await;
         // Every ranged read stalls; the first body (already open) does not.
         store.stall_next_gets(3, Duration::from_millis(400));
-        let dyn_store: Arc<dyn ObjectStore> = store.clone();
-        let mut body = parallel_body(
-            dyn_store,
-            Folder::parse("models").unwrap(),
-            "m.big".into(),
-            first,
-            reads(4),
-        );
+        let mut body = body(&store, first, 4);
         body.next().await.unwrap().unwrap();
         // The next three segments were asked for at once, before the first was read.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -269,14 +264,7 @@ mod tests {
     async fn nothing_follows_a_failed_segment() {
         let (store, data, first) = setup(8 * SEGMENT as usize).await;
         store.fail_next_gets(3, crate::ports::StoreError::Unavailable("down".into()));
-        let dyn_store: Arc<dyn ObjectStore> = store.clone();
-        let mut body = parallel_body(
-            dyn_store,
-            Folder::parse("models").unwrap(),
-            "m.big".into(),
-            first,
-            reads(2),
-        );
+        let mut body = body(&store, first, 2);
         let mut got = Vec::new();
         let mut errors = 0;
         while let Some(chunk) = body.next().await {
