@@ -198,7 +198,7 @@ mod tests {
     async fn setup(len: usize) -> (Arc<FakeObjectStore>, Vec<u8>, ObjectBody) {
         let store = Arc::new(FakeObjectStore::new());
         store.create_bucket("models");
-        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let data = crate::test_support::pattern(len, 9);
         store.put_object("models", "m.big", data.clone());
         let first = store
             .get(&Folder::parse("models").unwrap(), "m.big", 0)

@@ -25,6 +25,21 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     out
 }
 
+/// Chunk `index` of a long deterministic stream for `seed`, made on its
+/// own (for bodies of hundreds of MiB that are never held whole).
+pub fn pattern_chunk(seed: u64, index: u64, len: usize) -> Vec<u8> {
+    let mut x = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Every file below `dir`, at any depth (an unreadable folder counts as empty).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -95,6 +110,15 @@ mod tests {
         assert_ne!(a, pattern(1 << 16, 2));
         assert_eq!(pattern(13, 1), a[..13]);
         assert!(a.chunks(16).collect::<std::collections::HashSet<_>>().len() == (1 << 12));
+    }
+
+    #[test]
+    fn chunks_differ_by_seed_and_index() {
+        let a = pattern_chunk(1, 0, 4096);
+        assert_eq!(a, pattern_chunk(1, 0, 4096));
+        assert_ne!(a, pattern_chunk(1, 1, 4096));
+        assert_ne!(a, pattern_chunk(2, 0, 4096));
+        assert_eq!(pattern_chunk(1, 0, 10), a[..10]);
     }
 
     #[test]

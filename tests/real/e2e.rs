@@ -23,20 +23,8 @@ pub fn spawn_loader(api_url: &str, data: &Path, extra_env: &[(&str, &str)]) -> L
     )
 }
 
+use azaion_loader::test_support::pattern_chunk as chunk_of;
 pub use azaion_loader::test_support::{files_under, pattern};
-
-/// Deterministic pseudo-random bytes, generated in chunks (never all at once).
-fn chunk_of(seed: u64, index: u64, len: usize) -> Vec<u8> {
-    let mut x = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 const CHUNK: usize = 1 << 20;
 

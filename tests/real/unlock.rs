@@ -325,17 +325,12 @@ fn write_big_encrypted_archive(path: &Path, tag: &str, content_len: u64, fragmen
     let mut layer_hash = Sha256::new();
     layer_hash.update(&file_header);
     emit(&file_header, &mut enc, &mut file);
-    let mut x: u64 = 0x1234_5678_9abc_def0;
     let mut written = 0u64;
-    let mut buf = vec![0u8; CHUNK];
+    let mut index = 0u64;
     while written < padded {
         let n = (padded - written).min(CHUNK as u64) as usize;
-        for word in buf[..n].chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
-        }
+        let mut buf = azaion_loader::test_support::pattern_chunk(0x1234, index, n);
+        index += 1;
         let data_end = content_len.saturating_sub(written).min(n as u64) as usize;
         buf[data_end..n].fill(0);
         layer_hash.update(&buf[..n]);

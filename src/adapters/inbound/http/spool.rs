@@ -126,7 +126,7 @@ mod tests {
     async fn spooled_bytes_come_back_exactly_and_the_file_holds_no_plaintext() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::new_in(dir.path(), 0, room(FakeCache::new())).unwrap();
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let data = crate::test_support::pattern(3_000_000, 9);
         for piece in data.chunks(77_777) {
             spool.write(piece).await.unwrap();
         }

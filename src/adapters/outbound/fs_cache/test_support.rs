@@ -21,9 +21,7 @@ pub(super) fn name(s: &str) -> ResourceName {
 }
 
 pub(super) fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    crate::test_support::pattern(len, seed)
 }
 
 pub(super) fn new_cache(dir: &tempfile::TempDir, limit: Option<u64>) -> FsBigPartCache {
