@@ -19,6 +19,14 @@ cargo clippy --locked --all-targets -- -D warnings
 log "cargo clippy --no-default-features (the production build) -D warnings"
 cargo clippy --locked --no-default-features -- -D warnings
 
+log "the production build's tree holds no dev-stack crate"
+dev_only="$(cargo tree --locked --no-default-features -e normal --prefix none |
+    grep -E '^(s3s|s3s-fs|jsonwebtoken|rsa|p256|p384|ed25519-dalek) ' | sort -u || true)"
+if [ -n "$dev_only" ]; then
+    log "found in cargo tree --no-default-features: $dev_only"
+    exit 1
+fi
+
 if ! command -v cargo-deny >/dev/null 2>&1; then
     log "installing cargo-deny"
     cargo install cargo-deny --locked --quiet
