@@ -116,3 +116,51 @@ mod tests {
         assert!(CdnConfig::parse(b"\xff\xfe").is_err());
     }
 }
+
+/// `cdn.yaml` from arbitrary bytes: never a panic, never a secret in an error.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 512, failure_persistence: None, ..proptest::test_runner::Config::default() })]
+
+        #[test]
+        fn cdn_config_parsing_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(config) = CdnConfig::parse(&bytes) {
+                prop_assert!(config.host.starts_with("http://") || config.host.starts_with("https://"));
+            }
+        }
+
+        #[test]
+        fn cdn_config_errors_never_quote_a_secret(
+            secret in "S3KRIT[A-Za-z0-9]{6}",
+            host in prop_oneof![Just("http://127.0.0.1:9000".to_owned()), "\\PC{0,12}"],
+            shape in 0usize..8,
+            region in prop::option::of("\\PC{0,8}"),
+        ) {
+            let value = match shape {
+                0 => secret.clone(),
+                1 => format!("[{secret}"),
+                2 => format!("{{{secret}: 1"),
+                3 => format!("\"{secret}"),
+                4 => format!("[{secret}, 2]"),
+                5 => format!("{{a: {secret}}}"),
+                6 => format!("'{secret}\n  - x"),
+                _ => format!("|\n  {secret}\n bad: ["),
+            };
+            let mut yaml = format!("host: {host}\ndownloader_access_key: d\ndownloader_access_secret: {value}\nuploader_access_key: u\nuploader_access_secret: {value}\n");
+            if let Some(region) = region {
+                yaml.push_str(&format!("region: {region}\n"));
+            }
+            match CdnConfig::parse(yaml.as_bytes()) {
+                Ok(config) => prop_assert!(!format!("{config:?}").contains(&secret), "Debug shows the secret"),
+                Err(e) => {
+                    prop_assert!(!e.to_string().contains(&secret), "{e}");
+                    prop_assert!(!format!("{e:?}").contains(&secret), "{e:?}");
+                }
+            }
+        }
+    }
+}

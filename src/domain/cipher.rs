@@ -500,3 +500,80 @@ mod tests {
         }
     }
 }
+
+/// Arbitrary and damaged ciphertext in any chunking: a clean error or the bytes, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::domain::keys::AesKey;
+    use proptest::prelude::*;
+
+    fn decrypt_in_chunks(
+        key: &AesKey,
+        data: &[u8],
+        chunks: &[usize],
+        expected_len: Option<u64>,
+    ) -> Result<Vec<u8>, String> {
+        let mut dec = Decryptor::new(key);
+        if let Some(len) = expected_len {
+            dec = dec.with_expected_len(len);
+        }
+        let mut out = Vec::new();
+        let mut rest = data;
+        let mut sizes = chunks.iter().cycle();
+        while !rest.is_empty() {
+            let n = sizes.next().copied().unwrap_or(1).clamp(1, rest.len());
+            dec.update(&rest[..n], &mut out);
+            rest = &rest[n..];
+        }
+        dec.finish(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 512, failure_persistence: None, ..proptest::test_runner::Config::default() })]
+
+        #[test]
+        fn the_streaming_decryptor_takes_arbitrary_bytes_in_any_chunking_without_panicking(
+            key in any::<[u8; 32]>(),
+            data in prop::collection::vec(any::<u8>(), 0..700),
+            chunks in prop::collection::vec(1usize..70, 1..8),
+        ) {
+            let key = AesKey::from_bytes(key);
+            let streamed = decrypt_in_chunks(&key, &data, &chunks, None);
+            let whole = decrypt(&key, &data).map_err(|e| e.to_string());
+            prop_assert_eq!(&streamed, &whole);
+            if let Ok(plain) = streamed {
+                prop_assert!(plain.len() + 17 <= data.len(), "IV and at least one padding byte");
+            }
+        }
+
+        #[test]
+        fn a_damaged_or_cut_ciphertext_decrypts_to_a_clean_error_or_to_bytes_never_a_panic(
+            key in any::<[u8; 32]>(),
+            iv in any::<[u8; 16]>(),
+            plain in prop::collection::vec(any::<u8>(), 0..400),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..3),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+            announce in prop::option::of(0u64..1000),
+            chunks in prop::collection::vec(1usize..40, 1..6),
+        ) {
+            let key = AesKey::from_bytes(key);
+            let mut data = encrypt(&key, iv, &plain);
+            let untouched = flips.is_empty() && cut.is_none();
+            for (at, mask) in &flips {
+                let i = at.index(data.len());
+                data[i] ^= mask;
+            }
+            if let Some(cut) = cut {
+                data.truncate(cut.index(data.len()));
+            }
+            let result = decrypt_in_chunks(&key, &data, &chunks, announce);
+            if untouched && announce.is_none_or(|n| n == data.len() as u64) {
+                prop_assert_eq!(result, Ok(plain));
+            } else if let Some(n) = announce && n != data.len() as u64 {
+                prop_assert!(result.is_err(), "a length other than the announced one must fail");
+            }
+        }
+    }
+}

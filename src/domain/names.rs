@@ -163,3 +163,56 @@ mod tests {
         }
     }
 }
+
+/// Names and folders from arbitrary text: exactly the documented alphabet and lengths.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 512, failure_persistence: None, ..proptest::test_runner::Config::default() })]
+
+        #[test]
+        fn resource_names_accept_exactly_the_documented_alphabet_and_lengths(name in prop_oneof![
+            "\\PC{0,12}",
+            "[A-Za-z0-9._-]{0,12}",
+            "[A-Za-z0-9._/\\\\ %-]{190,210}",
+            prop::sample::select(vec![".", "..", "...", "a", "-", "_", "a.b"]).prop_map(str::to_owned),
+        ]) {
+            let documented = (1..=200).contains(&name.len())
+                && name != "."
+                && name != ".."
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            match ResourceName::parse(&name) {
+                Ok(parsed) => {
+                    prop_assert!(documented, "accepted {name:?}");
+                    prop_assert_eq!(parsed.as_str(), name.as_str());
+                }
+                Err(e) => {
+                    prop_assert!(!documented, "refused {name:?}");
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn folders_accepted_are_always_valid_bucket_names(folder in prop_oneof![
+            "\\PC{0,12}",
+            "[a-z0-9.-]{0,70}",
+            "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,4}",
+            "[a-zA-Z0-9._/ -]{2,8}",
+        ]) {
+            if let Ok(parsed) = Folder::parse(&folder) {
+                let b = folder.as_bytes();
+                prop_assert_eq!(parsed.as_str(), folder.as_str());
+                prop_assert!((3..=63).contains(&b.len()), "{folder:?}");
+                prop_assert!(b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-'), "{folder:?}");
+                prop_assert!(b[0].is_ascii_alphanumeric() && b[b.len() - 1].is_ascii_alphanumeric(), "{folder:?}");
+                prop_assert!(!folder.contains(".."), "{folder:?}");
+                prop_assert!(folder.parse::<std::net::Ipv4Addr>().is_err(), "{folder:?}");
+                prop_assert!(!folder.contains('/') && !folder.contains('\\'), "{folder:?}");
+            }
+        }
+    }
+}

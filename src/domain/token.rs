@@ -139,3 +139,58 @@ mod tests {
         assert_eq!(Claims::from_jwt(&jwt("[1,2]")), Err(MalformedToken));
     }
 }
+
+/// JWT claims from arbitrary strings and any JSON body: never a panic; `exp` read back.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        prop_oneof![
+            leaf.clone(),
+            prop::collection::btree_map("[a-z_]{1,10}", leaf.clone(), 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            prop::collection::vec(leaf, 0..4).prop_map(serde_json::Value::Array),
+        ]
+    }
+
+    proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 512, failure_persistence: None, ..proptest::test_runner::Config::default() })]
+
+        #[test]
+        fn jwt_claims_parsing_survives_arbitrary_strings(token in prop_oneof![
+            "\\PC{0,80}",
+            "[A-Za-z0-9_=-]{0,20}\\.[A-Za-z0-9_=-]{0,40}\\.[A-Za-z0-9_=-]{0,20}",
+        ]) {
+            let _ = Claims::from_jwt(&token);
+        }
+
+        #[test]
+        fn jwt_claims_are_read_from_any_json_body(claims in json_value(), exp in prop::option::of(any::<u64>())) {
+            let mut claims = match claims {
+                serde_json::Value::Object(map) => map,
+                other => {
+                    let mut map = serde_json::Map::new();
+                    map.insert("unique_name".into(), other);
+                    map
+                }
+            };
+            if let Some(exp) = exp {
+                claims.insert("exp".into(), exp.into());
+            }
+            let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+            let body = URL_SAFE_NO_PAD.encode(serde_json::Value::Object(claims).to_string());
+            let token = format!("{header}.{body}.c2lnbmF0dXJl");
+            if let Ok(parsed) = Claims::from_jwt(&token) && let Some(exp) = exp {
+                prop_assert_eq!(parsed.expires_at, Some(exp));
+            }
+        }
+    }
+}
