@@ -235,13 +235,6 @@ fn pick<T>(
 }
 
 impl ServeArgs {
-    /// Flags and environment over the defaults, ignoring `--config`.
-    /// Kept for callers that never take a file; `serve` and `unlock` use
-    /// [`ServeArgs::resolve`].
-    pub fn into_config(self) -> Config {
-        self.merge(ServeArgs::default(), None).config
-    }
-
     /// Flags over environment (clap) over the `--config` file over the defaults.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
         self.check()
