@@ -118,6 +118,20 @@ mod tests {
     }
 
     #[test]
+    fn a_role_list_gives_its_first_role_and_a_text_expiry_is_read() {
+        // .NET writes several roles as an array, and some issuers write exp as text.
+        let c = Claims::from_jwt(&jwt(
+            r#"{"nameid":["9","10"],"role":["Admin","User"],"exp":"1700000000"}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.user_id.as_deref(), Some("9"));
+        assert_eq!(c.role.as_deref(), Some("Admin"));
+        assert_eq!(c.expires_at, Some(1_700_000_000));
+        let c = Claims::from_jwt(&jwt(r#"{"role":{"a":1},"exp":true}"#)).unwrap();
+        assert_eq!((c.role, c.expires_at), (None, None));
+    }
+
+    #[test]
     fn rejects_garbage() {
         assert_eq!(Claims::from_jwt("not a jwt"), Err(MalformedToken));
         assert_eq!(Claims::from_jwt("a.b.c"), Err(MalformedToken));
