@@ -127,6 +127,7 @@ expect() { # DESCRIPTION EXTENDED-REGEX: the rendered DOM must match
 }
 expect "the service is healthy" 'id="health"[^>]*>healthy<'
 expect "the loader is logged in" 'id="session"[^>]*>logged in<'
+expect "the AES implementation is shown" 'id="crypto"[^>]*>(aes-ni|armv8|software)<'
 expect "demo.txt is listed in the cache" '<td>demo\.txt</td>'
 expect "the cache counts one entry" 'id="cache-entries"[^>]*>1<'
 expect "the unlock state is shown" \

@@ -49,6 +49,46 @@ fn decrypt_in_place(cipher: &mut cbc::Decryptor<Aes256>, buf: &mut [u8]) {
     cipher.decrypt_blocks_inout_mut(blocks);
 }
 
+/// Which AES implementation this CPU runs (issue 15: reported at start, by
+/// `azaion-loader hardware`, on `/status`, the status page and `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CryptoBackend {
+    /// x86_64 AES-NI (the `aes` crate detects it at run time).
+    AesNi,
+    /// ARMv8 Cryptography Extensions (aarch64 built with `--cfg aes_armv8`).
+    ArmV8,
+    /// The `aes` crate's constant-time software AES: correct, but one core
+    /// decrypts at a few hundred MB/s at best.
+    Software,
+}
+
+impl CryptoBackend {
+    pub fn detect() -> Self {
+        #[cfg(all(target_arch = "x86_64", not(aes_force_soft)))]
+        if std::arch::is_x86_feature_detected!("aes") {
+            return Self::AesNi;
+        }
+        #[cfg(all(target_arch = "aarch64", aes_armv8, not(aes_force_soft)))]
+        if std::arch::is_aarch64_feature_detected!("aes") {
+            return Self::ArmV8;
+        }
+        Self::Software
+    }
+
+    /// A label value: `aes-ni`, `armv8` or `software`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AesNi => "aes-ni",
+            Self::ArmV8 => "armv8",
+            Self::Software => "software",
+        }
+    }
+
+    pub fn is_hardware(self) -> bool {
+        self != Self::Software
+    }
+}
+
 /// The CBC encryption engine: AES-NI when the CPU has it, else the `cbc` crate.
 /// Both give the same bytes; the AES-NI loop is faster (see `aesni`).
 // Unboxed, as the `cbc` encryptor (~1 KiB) always was: no allocation per stream.
@@ -306,6 +346,18 @@ pub fn decrypt(key: &AesKey, ciphertext: &[u8]) -> Result<Vec<u8>, CipherError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backend_matches_what_the_cpu_offers() {
+        let backend = CryptoBackend::detect();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            backend == CryptoBackend::AesNi,
+            std::arch::is_x86_feature_detected!("aes")
+        );
+        assert_eq!(backend.is_hardware(), backend != CryptoBackend::Software);
+        assert!(["aes-ni", "armv8", "software"].contains(&backend.as_str()));
+    }
     use crate::domain::secret::SecretString;
     use proptest::prelude::*;
 

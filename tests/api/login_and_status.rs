@@ -23,6 +23,9 @@ async fn status_reports_not_authenticated_before_login_and_the_absolute_cache_di
     let dir = v["modelCacheDir"].as_str().unwrap();
     assert!(std::path::Path::new(dir).is_absolute());
     assert_eq!(dir, app.config.model_cache_dir.display().to_string());
+    // Issue 15: which AES runs on this CPU.
+    let backend = azaion_loader::domain::cipher::CryptoBackend::detect();
+    assert_eq!(v["cryptoBackend"], backend.as_str());
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ async fn the_status_page_is_html_with_every_section_it_fills_in() {
         r#"id="health""#,
         r#"id="session""#,
         r#"id="cache-dir""#,
+        r#"id="crypto""#,
         r#"id="cache-bytes""#,
         r#"id="cache-entries""#,
         r#"id="cache-limit""#,

@@ -37,12 +37,15 @@ fn the_help_of_every_command_contains_an_example() {
 fn hardware_prints_the_fingerprint_line_and_its_64_character_hash() {
     let outcome = run_ok(&["hardware"]);
     let lines: Vec<&str> = outcome.stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{}", outcome.stdout);
+    assert_eq!(lines.len(), 3, "{}", outcome.stdout);
     assert!(lines[0].starts_with("CPU: "), "{}", lines[0]);
     assert!(lines[0].contains(". GPU: ") && lines[0].contains(". DriveSerial: "));
     let hash = lines[1].strip_prefix("hash: ").expect("a hash line");
     assert_eq!(hash.len(), 64, "{hash}");
     assert_eq!(hash, hardware_hash(lines[0]));
+    let crypto = lines[2].strip_prefix("crypto: ").expect("a crypto line");
+    let backend = azaion_loader::domain::cipher::CryptoBackend::detect();
+    assert!(crypto.starts_with(backend.as_str()), "{crypto}");
     // The same device gives the same line on every call.
     assert_eq!(run_ok(&["hardware"]).stdout, outcome.stdout);
 }

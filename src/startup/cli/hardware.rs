@@ -4,10 +4,12 @@
 
 use super::CliError;
 use crate::adapters::outbound::hardware_sysinfo::SysinfoProbe;
+use crate::domain::cipher::CryptoBackend;
 use crate::domain::keys::hardware_hash;
 use crate::ports::HardwareProbe;
 
-/// The two lines `hardware` prints: the fingerprint, then `hash: <hash>`.
+/// The lines `hardware` prints: the fingerprint, `hash: <hash>`, then
+/// `crypto: <backend>` (the AES implementation this CPU runs).
 pub async fn run() -> Result<(), CliError> {
     let parts = SysinfoProbe::new()
         .probe()
@@ -16,5 +18,12 @@ pub async fn run() -> Result<(), CliError> {
     let line = parts.fingerprint_line();
     println!("{line}");
     println!("hash: {}", hardware_hash(&line));
+    let backend = CryptoBackend::detect();
+    let note = if backend.is_hardware() {
+        "hardware AES"
+    } else {
+        "software AES: decryption is capped by one core"
+    };
+    println!("crypto: {} ({note})", backend.as_str());
     Ok(())
 }

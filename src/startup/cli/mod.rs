@@ -312,6 +312,7 @@ async fn interruptible(work: impl Future<Output = Result<(), CliError>>) -> Resu
 
 async fn serve(args: ServeArgs) -> Result<(), CliError> {
     harden_process();
+    log_crypto_backend();
     let resolved = args.resolve().map_err(|e| CliError::Usage(e.to_string()))?;
     tracing::info!("effective configuration: {}", resolved.summary());
     let config = resolved.config;
@@ -327,6 +328,22 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     app.serve(shutdown_signal())
         .await
         .map_err(|e| CliError::Failed(format!("serving failed: {e}")))
+}
+
+/// Issue 15: which AES runs, a warning when it is the software one.
+fn log_crypto_backend() {
+    let backend = crate::domain::cipher::CryptoBackend::detect();
+    if backend.is_hardware() {
+        tracing::info!(
+            crypto = backend.as_str(),
+            "AES runs on the CPU's AES instructions"
+        );
+    } else {
+        tracing::warn!(
+            crypto = backend.as_str(),
+            "AES runs in software: decryption is capped by one core (on aarch64, build with --cfg aes_armv8)"
+        );
+    }
 }
 
 /// No core dumps, and no ptrace by other processes of the same user: the

@@ -62,6 +62,8 @@ struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+    /// The AES implementation: aes-ni, armv8 or software.
+    crypto: &'static str,
 }
 
 fn request_histogram() -> Histogram {
@@ -198,11 +200,12 @@ fn scrape_registry(gauges: &Gauges) -> Registry {
     build
         .get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION"),
+            crypto: crate::domain::cipher::CryptoBackend::detect().as_str(),
         })
         .set(1);
     r.register(
         "build_info",
-        "The running loader's version (always 1)",
+        "The running loader's version and AES implementation (always 1)",
         build,
     );
     r.register(
@@ -423,6 +426,14 @@ mod tests {
         assert!(text.contains(
             "azaion_http_request_duration_seconds_count{route=\"/load/{filename}\",method=\"POST\"} 1"
         ));
+        let crypto = crate::domain::cipher::CryptoBackend::detect().as_str();
+        assert!(
+            text.contains(&format!(
+                "azaion_build_info{{version=\"{}\",crypto=\"{crypto}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
         for family in [
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",

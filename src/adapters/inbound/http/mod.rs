@@ -46,6 +46,7 @@ pub use openapi::{ApiDoc, ErrorBody, document as openapi_document};
 use crate::app::resources::ResourceService;
 use crate::app::session::SessionService;
 use crate::app::unlock::UnlockService;
+use crate::domain::cipher::CryptoBackend;
 use crate::domain::names::{Folder, ResourceName};
 use crate::ports::Credentials;
 use openapi::{
@@ -303,6 +304,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusBody> {
         status: "healthy".to_owned(),
         authenticated: state.session.is_authenticated(),
         model_cache_dir: state.cache_dir.display().to_string(),
+        crypto_backend: CryptoBackend::detect().as_str().to_owned(),
     })
 }
 

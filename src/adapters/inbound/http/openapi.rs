@@ -36,6 +36,9 @@ pub struct StatusBody {
     pub authenticated: bool,
     /// The cache folder in use, as an absolute path.
     pub model_cache_dir: String,
+    /// The AES implementation this CPU runs: `aes-ni`, `armv8` or `software`.
+    #[schema(example = "aes-ni")]
+    pub crypto_backend: String,
 }
 
 /// `{"status": "ok"}` after a login or an upload.

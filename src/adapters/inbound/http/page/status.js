@@ -7,7 +7,7 @@
 (() => {
   const byId = (id) => document.getElementById(id);
   const el = {
-    health: byId("health"), session: byId("session"), cacheDir: byId("cache-dir"),
+    health: byId("health"), session: byId("session"), cacheDir: byId("cache-dir"), crypto: byId("crypto"),
     unlockState: byId("unlock-state"), unlockElapsed: byId("unlock-elapsed"), unlockHint: byId("unlock-hint"),
     unlockProgress: byId("unlock-progress"), unlockBytes: byId("unlock-bytes"), unlockError: byId("unlock-error"),
     cacheBytes: byId("cache-bytes"), cacheEntries: byId("cache-entries"), cacheLimit: byId("cache-limit"),
@@ -206,6 +206,7 @@
       const loggedIn = status.authenticated === true;
       setBadge(el.session, loggedIn ? "logged in" : "not logged in", loggedIn ? "ok" : "unknown");
       setText(el.cacheDir, String(status.modelCacheDir ?? "—"));
+      setText(el.crypto, String(status.cryptoBackend ?? "—"));
     } catch (e) {
       if (e instanceof TokenNeeded) setBadge(el.session, "token needed", "unknown");
       else setBadge(el.session, "unknown", "bad");
