@@ -127,6 +127,26 @@ async fn metrics_count_a_login_two_loads_and_the_404s() {
 }
 
 #[tokio::test]
+async fn completed_uploads_count_the_encrypted_bytes_they_stored() {
+    let app = TestApp::logged_in().await;
+    assert_sample(&scrape(&app).await, "azaion_upload_bytes_total", 0.0);
+    // IV + the ciphertext padded to a whole block: 16 + 1008 and 16 + 4112.
+    assert_eq!(
+        app.upload("a.bin", FOLDER, pattern(1000, 1)).await.status(),
+        200
+    );
+    assert_eq!(
+        app.upload("b.bin", FOLDER, pattern(4100, 2)).await.status(),
+        200
+    );
+    assert_sample(
+        &scrape(&app).await,
+        "azaion_upload_bytes_total",
+        1024.0 + 4128.0,
+    );
+}
+
+#[tokio::test]
 async fn stale_and_damaged_cache_entries_are_counted_apart_from_misses() {
     let app = TestApp::logged_in().await;
     app.seed(FOLDER, "m.bin", &pattern(20_000, 1));

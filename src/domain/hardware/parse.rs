@@ -231,6 +231,34 @@ mod tests {
     }
 
     #[test]
+    fn every_known_gpu_vendor_has_its_name() {
+        // The name is part of the fingerprint line: changing one changes a
+        // device's hardware hash, so each is pinned here.
+        for (vendor, name) in [
+            (0x10de, "NVIDIA"),
+            (0x1002, "AMD"),
+            (0x1022, "AMD"),
+            (0x8086, "Intel"),
+            (0x1a03, "ASPEED"),
+            (0x102b, "Matrox"),
+            (0x5143, "Qualcomm"),
+            (0x1af4, "Red Hat"),
+            (0x1b36, "Red Hat"),
+            (0x1234, "QEMU"),
+            (0x15ad, "VMware"),
+            (0x80ee, "VirtualBox"),
+            (0x1414, "Microsoft"),
+            (0xabcd, "PCI"),
+        ] {
+            assert_eq!(
+                pci_name(vendor, 0x0042),
+                format!("{name} [{vendor:04x}:0042]"),
+                "{vendor:04x}"
+            );
+        }
+    }
+
+    #[test]
     fn drm_cards_pci_classes_and_tegra_compatibles_are_told_apart() {
         assert!(is_drm_card("card0") && is_drm_card("card12"));
         assert!(!is_drm_card("card") && !is_drm_card("card0-HDMI-A-1"));

@@ -84,6 +84,7 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     load_bytes: Counter,
+    upload_bytes: Counter,
 }
 
 /// The method as a label: the standard ones by name, anything else as `other`.
@@ -111,6 +112,7 @@ impl HttpMetrics {
         let durations: Family<RouteLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(request_histogram);
         let load_bytes = Counter::default();
+        let upload_bytes = Counter::default();
         registry.register(
             "http_requests",
             "Answered HTTP requests by matched route template (or unmatched), method and status",
@@ -128,11 +130,18 @@ impl HttpMetrics {
             Unit::Bytes,
             load_bytes.clone(),
         );
+        registry.register_with_unit(
+            "upload",
+            "Encrypted bytes (small and big part) stored by completed POST /upload",
+            Unit::Bytes,
+            upload_bytes.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
             durations,
             load_bytes,
+            upload_bytes,
         })
     }
 
@@ -164,6 +173,11 @@ impl HttpMetrics {
     /// Plaintext bytes `/load` handed to a client.
     pub fn add_load_bytes(&self, bytes: u64) {
         self.load_bytes.inc_by(bytes);
+    }
+
+    /// Encrypted bytes a completed upload stored (small and big part).
+    pub fn add_upload_bytes(&self, bytes: u64) {
+        self.upload_bytes.inc_by(bytes);
     }
 
     /// The whole exposition: every registered family, then `gauges` and the

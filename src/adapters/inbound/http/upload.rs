@@ -180,7 +180,9 @@ pub async fn upload(
     read?;
     match uploaded {
         Some(result) => {
-            result?;
+            let stored = result?;
+            state.metrics.add_upload_bytes(stored);
+            tracing::info!(bytes = stored, "stored");
             Ok(Json(OkBody::ok()))
         }
         None => Err(bad("the form has no data field")),
