@@ -80,3 +80,44 @@ pub(super) fn encrypting_stream(
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn plaintext_in_chunks_of_any_size_encrypts_as_one_piece_would() {
+        let key = AesKey::from_bytes([7; 32]);
+        let iv = [3; 16];
+        let plain = crate::test_support::pattern(1000, 4);
+        // Chunks of 1 to 15 bytes, smaller than a block, then a large one.
+        let mut chunks: Vec<std::io::Result<Bytes>> = Vec::new();
+        let mut at = 0;
+        for size in (1..16).cycle().take(40) {
+            chunks.push(Ok(Bytes::copy_from_slice(&plain[at..at + size])));
+            at += size;
+        }
+        chunks.push(Ok(Bytes::copy_from_slice(&plain[at..])));
+        let shared = Arc::new(UploadShared {
+            writer: Mutex::new(None),
+            input_error: StdMutex::new(None),
+            big_len: StdMutex::new(0),
+        });
+        let mut stream = encrypting_stream(
+            Bytes::from_static(b"head"),
+            Box::pin(futures::stream::iter(chunks)),
+            Some(Encryptor::new(&key, iv)),
+            shared.clone(),
+        );
+        let mut got = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        let mut whole = b"head".to_vec();
+        let mut encryptor = Encryptor::new(&key, iv);
+        encryptor.update(&plain, &mut whole);
+        encryptor.finish(&mut whole);
+        assert_eq!(got, whole);
+        assert_eq!(*shared.big_len.lock().unwrap(), whole.len() as u64);
+    }
+}
