@@ -194,6 +194,11 @@ mod tests {
             ("xvda1", "xvda"),
             ("loop0p1", "loop0"),
             ("dm-0", "dm-0"),
+            // The 16th SCSI disk is sdp: its first partition is sdp1.
+            ("sdp1", "sdp"),
+            ("sdp", "sdp"),
+            // After the last p comes no number: not a partition suffix.
+            ("md0pa1", "md0pa1"),
         ] {
             assert_eq!(strip_partition(name), disk, "{name}");
         }
