@@ -296,5 +296,13 @@ mod tests {
             Some("AB12")
         );
         assert_eq!(serial_in_vpd_page(b"\0\x83\0\x02AB"), None);
+        // The page length bounds the serial: bytes past it are not part of it.
+        assert_eq!(
+            serial_in_vpd_page(b"\0\x80\0\x04AB12XYZ").as_deref(),
+            Some("AB12")
+        );
+        // A page too short for its header is no page (and no panic).
+        assert_eq!(serial_in_vpd_page(b"\0\x80"), None);
+        assert_eq!(serial_in_vpd_page(b""), None);
     }
 }
