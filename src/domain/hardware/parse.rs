@@ -220,6 +220,13 @@ mod tests {
             serial_in_disk_id("Generic_Flash_Disk_ABCD1234-0:0").as_deref(),
             Some("ABCD1234")
         );
+        // A dash that is not a USB LUN suffix is part of the serial.
+        assert_eq!(
+            serial_in_disk_id("WDC_WD10EZEX-08WN4A0_WD-WCC6Y1234567").as_deref(),
+            Some("WD-WCC6Y1234567")
+        );
+        assert_eq!(serial_in_disk_id("no-underscore"), None);
+        assert_eq!(serial_in_disk_id("Disk_"), None);
     }
 
     #[test]
