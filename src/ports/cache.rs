@@ -136,11 +136,6 @@ impl HeldSpace {
         Self { total, bytes: 0 }
     }
 
-    /// Counts nowhere (a cache without a size limit).
-    pub fn detached() -> Self {
-        Self::counting_into(Arc::default())
-    }
-
     pub fn grow(&mut self, bytes: u64) {
         self.bytes += bytes;
         self.total.fetch_add(bytes, Ordering::Relaxed);
