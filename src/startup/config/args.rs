@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use super::file::{self, SettingError};
+use super::file;
 use super::values::{List, Secs, Size};
 use super::*;
 use crate::app::ranged::CdnReads;
@@ -149,9 +149,9 @@ fn within(
     key: &'static str,
     value: Option<u64>,
     (low, high): (u64, u64),
-) -> Result<(), SettingError> {
+) -> Result<(), ConfigError> {
     match value {
-        Some(v) if v < low || v > high => Err(SettingError {
+        Some(v) if v < low || v > high => Err(ConfigError::Setting {
             key,
             reason: format!("{v} is outside {low}-{high}"),
         }),
@@ -159,9 +159,9 @@ fn within(
     }
 }
 
-fn positive(key: &'static str, value: Option<Secs>) -> Result<(), SettingError> {
+fn positive(key: &'static str, value: Option<Secs>) -> Result<(), ConfigError> {
     match value {
-        Some(Secs(d)) if d.is_zero() => Err(SettingError {
+        Some(Secs(d)) if d.is_zero() => Err(ConfigError::Setting {
             key,
             reason: "must be more than 0 seconds".to_owned(),
         }),
@@ -171,12 +171,12 @@ fn positive(key: &'static str, value: Option<Secs>) -> Result<(), SettingError> 
 
 impl ServeArgs {
     /// The rules a value must keep, wherever it came from.
-    pub fn check(&self) -> Result<(), SettingError> {
+    pub fn check(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.resource_api_url
             && !url.is_empty()
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(SettingError {
+            return Err(ConfigError::Setting {
                 key: "resource_api_url",
                 reason: format!(
                     "`{}` is not an http:// or https:// URL",
@@ -189,7 +189,7 @@ impl ServeArgs {
             .as_ref()
             .is_some_and(|p| p.as_os_str().is_empty())
         {
-            return Err(SettingError {
+            return Err(ConfigError::Setting {
                 key: "model_cache_dir",
                 reason: "must not be empty".to_owned(),
             });
@@ -237,8 +237,7 @@ fn pick<T>(
 impl ServeArgs {
     /// Flags over environment (clap) over the `--config` file over the defaults.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
-        self.check()
-            .map_err(|SettingError { key, reason }| ConfigError::Setting { key, reason })?;
+        self.check()?;
         match self.config.clone() {
             Some(path) => {
                 let file = file::load(&path)?;

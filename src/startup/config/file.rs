@@ -31,6 +31,8 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
+    /// A value that breaks its setting's rule (from a flag or the
+    /// environment; in the file it becomes `BadValue`).
     #[error("{key}: {reason}")]
     Setting { key: &'static str, reason: String },
 }
@@ -91,21 +93,15 @@ pub fn parse(text: &str, path: &Path, base: &Path) -> Result<ServeArgs, ConfigEr
         path: path.to_path_buf(),
         message: e.message().trim().to_owned(),
     })?;
-    settings
-        .check()
-        .map_err(|SettingError { key, reason }| ConfigError::BadValue {
+    settings.check().map_err(|e| match e {
+        ConfigError::Setting { key, reason } => ConfigError::BadValue {
             path: path.to_path_buf(),
             key: key.to_owned(),
             reason,
-        })?;
+        },
+        other => other,
+    })?;
     Ok(settings)
-}
-
-/// A value that fails its setting's rule: which key, and why.
-#[derive(Debug)]
-pub struct SettingError {
-    pub key: &'static str,
-    pub reason: String,
 }
 
 /// A relative path in the file means one beside the file.

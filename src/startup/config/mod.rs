@@ -10,7 +10,7 @@ mod tests;
 mod values;
 
 pub use args::{Origin, Resolved, ServeArgs};
-pub use file::{ConfigError, SettingError};
+pub use file::ConfigError;
 pub use values::{List, Secs, Size};
 
 use crate::app::ranged::CdnReads;

@@ -99,13 +99,13 @@ impl Spool {
         self.file.seek(SeekFrom::Start(0)).await?;
         let decryptor = Decryptor::new(&self.key).with_expected_len(self.written);
         // The file's space stays counted until the stream ends or is dropped.
-        let held = self.room;
+        let room = self.room;
         Ok(crate::app::decrypt_file::decrypting_file(
             self.file,
             decryptor,
             "the spooled upload",
             |_| {},
-            move || drop(held),
+            move || drop(room),
         ))
     }
 }
