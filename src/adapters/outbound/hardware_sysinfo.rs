@@ -8,8 +8,8 @@
 //! not by `pci.ids` names, which change when that database is updated. Every
 //! PCI display controller counts, bound to a driver or not, so that loading
 //! a driver later does not change the fingerprint. Non-PCI GPUs count when
-//! their DRM card names them (`label`, `product_name`), and a Jetson by its
-//! device-tree model.
+//! their DRM card names them (`label`, `product_name`), and a Jetson's
+//! integrated GPU by the chip its device-tree node names (`NVIDIA [ga10b]`).
 //!
 //! This file does the reading (files, links, sysinfo, `lspci`); what the
 //! texts mean is parsed by `crate::domain::hardware::parse`.
@@ -21,9 +21,9 @@ use async_trait::async_trait;
 
 use crate::domain::hardware::HardwareParts;
 use crate::domain::hardware::parse::{
-    cpuinfo_model, gpus_in_lspci, is_display_controller, is_drm_card, is_tegra_compatible,
-    meminfo_total_kib, parse_hex, pci_name, root_mount_in_mountinfo, root_source_in_mounts,
-    serial_in_disk_id, serial_in_vpd_page, strip_partition, trimmed_text,
+    cpuinfo_model, gpus_in_lspci, is_display_controller, is_drm_card, meminfo_total_kib, parse_hex,
+    pci_name, root_mount_in_mountinfo, root_source_in_mounts, serial_in_disk_id,
+    serial_in_vpd_page, strip_partition, tegra_gpu_name, tegra_soc, trimmed_text,
 };
 use crate::ports::{HardwareError, HardwareProbe};
 
@@ -133,23 +133,65 @@ impl SysinfoProbe {
             .collect()
     }
 
-    /// A Jetson's GPU is part of its Tegra SoC: it is named by the board's model.
+    /// A Jetson's GPU is part of its Tegra SoC, not on PCI. It is found by
+    /// its device-tree node (`ga10b@17000000` on JetPack 5, `bus@0/gpu@17000000`
+    /// on JetPack 6), else by the platform device bound to that node in
+    /// `/sys`, and named by its chip (`NVIDIA [ga10b]`): the same on every
+    /// JetPack release, unlike the board's `model`. A Tegra whose GPU node
+    /// cannot be read is named by its SoC (`NVIDIA [tegra234]`).
     fn jetson_gpu(&self) -> Option<String> {
-        let model = read_text(&self.path("proc/device-tree/model"))
-            .or_else(|| read_text(&self.path("sys/firmware/devicetree/base/model")));
-        let compatible = fs::read(self.path("proc/device-tree/compatible"))
-            .or_else(|_| fs::read(self.path("sys/firmware/devicetree/base/compatible")))
-            .unwrap_or_default();
-        let tegra_compatible = is_tegra_compatible(&compatible);
-        let tegra_soc = read_text(&self.path("sys/devices/soc0/family"))
-            .is_some_and(|family| family.eq_ignore_ascii_case("tegra"));
-        let jetson_model = model.as_deref().is_some_and(|m| m.contains("Jetson"));
-        if !(tegra_compatible || tegra_soc || jetson_model) {
-            return None;
+        self.tegra_gpu_in_device_tree()
+            .or_else(|| self.tegra_gpu_in_platform_devices())
+            .or_else(|| {
+                let soc = read_compatible(&self.device_tree()).and_then(|c| tegra_soc(&c))?;
+                Some(format!("NVIDIA [{soc}]"))
+            })
+    }
+
+    fn tegra_gpu_in_device_tree(&self) -> Option<String> {
+        self.device_tree_nodes(&self.device_tree())
+            .into_iter()
+            .find_map(|node| read_compatible(&node).and_then(|c| tegra_gpu_name(&c)))
+    }
+
+    fn tegra_gpu_in_platform_devices(&self) -> Option<String> {
+        let devices = self.path("sys/bus/platform/devices");
+        sorted_dir_names(&devices).into_iter().find_map(|device| {
+            read_compatible(&devices.join(device).join("of_node")).and_then(|c| tegra_gpu_name(&c))
+        })
+    }
+
+    /// The device tree as the kernel shows it: `/proc/device-tree`, a link
+    /// to `/sys/firmware/devicetree/base`.
+    fn device_tree(&self) -> PathBuf {
+        let proc = self.path("proc/device-tree");
+        if proc.is_dir() {
+            proc
+        } else {
+            self.path("sys/firmware/devicetree/base")
         }
-        model
-            .or_else(|| read_text(&self.path("sys/devices/soc0/machine")))
-            .or_else(|| Some("NVIDIA Tegra".to_owned()))
+    }
+
+    /// The nodes where a SoC's devices sit: the root's children, and the
+    /// children of its buses (`bus@0`, `soc`).
+    fn device_tree_nodes(&self, tree: &Path) -> Vec<PathBuf> {
+        let mut nodes = Vec::new();
+        for name in sorted_dir_names(tree) {
+            let node = tree.join(&name);
+            if !node.is_dir() {
+                continue;
+            }
+            if name.starts_with("bus@") || name == "soc" || name.starts_with("soc@") {
+                nodes.extend(
+                    sorted_dir_names(&node)
+                        .into_iter()
+                        .map(|child| node.join(child))
+                        .filter(|child| child.is_dir()),
+                );
+            }
+            nodes.push(node);
+        }
+        nodes
     }
 
     fn drive_serial(&self) -> Option<String> {
@@ -302,6 +344,11 @@ fn read_text(path: &Path) -> Option<String> {
     trimmed_text(&fs::read(path).ok()?)
 }
 
+/// A device-tree node's `compatible` list (NUL-separated, kept as bytes).
+fn read_compatible(node: &Path) -> Option<Vec<u8>> {
+    fs::read(node.join("compatible")).ok()
+}
+
 /// Names in a directory, sorted; empty when it cannot be read.
 fn sorted_dir_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -436,32 +483,111 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_jetson_tree_gives_the_vector_line() {
+    /// A Jetson tree of `fixtures/jetson` (its README says where they come from).
+    fn jetson(board: &str) -> SysinfoProbe {
+        SysinfoProbe::with_root(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/jetson")
+                .join(board),
+        )
+    }
+
+    #[test]
+    fn jetson_trees_give_the_integrated_gpu_by_its_chip() {
+        let orin = jetson("agx-orin-jetpack5").read_parts();
+        assert_eq!(
+            orin.fingerprint_line(),
+            "CPU: ARMv8 Processor rev 1 (v8l). GPU: NVIDIA [ga10b]. Memory: 30536288. \
+             DriveSerial: 0x2f6e9a41"
+        );
+        let xavier = jetson("xavier-nx-jetpack5").read_parts();
+        assert_eq!(
+            xavier.fingerprint_line(),
+            "CPU: ARMv8 Processor rev 0 (v8l). GPU: NVIDIA [gv11b]. Memory: 7901888. \
+             DriveSerial: 0x8a3f19c2"
+        );
+    }
+
+    #[test]
+    fn an_orin_gpu_reads_the_same_on_jetpack_5_and_6() {
+        // JetPack 6 moved the GPU node under bus@0 and renamed it (gpu@17000000),
+        // and its platform device (17000000.gpu): the chip stays ga10b.
+        let jetpack5 = jetson("agx-orin-jetpack5").read_parts();
+        let jetpack6 = jetson("agx-orin-jetpack6").read_parts();
+        assert_eq!(jetpack6.gpu_names, vec!["NVIDIA [ga10b]"]);
+        assert_eq!(jetpack6.gpu_names, jetpack5.gpu_names);
+        assert_eq!(jetpack6.drive_serial, jetpack5.drive_serial);
+        assert_eq!(jetpack6.cpu_model, jetpack5.cpu_model);
+        // MemTotal is what the kernel leaves after its reservations: it moves
+        // between kernel releases (README, "On a Jetson").
+        assert_ne!(jetpack6.memory_kib, jetpack5.memory_kib);
+    }
+
+    #[test]
+    fn the_device_tree_and_sys_each_find_the_jetson_gpu() {
+        for (board, gpu) in [
+            ("agx-orin-jetpack5", "NVIDIA [ga10b]"),
+            ("agx-orin-jetpack6", "NVIDIA [ga10b]"),
+            ("xavier-nx-jetpack5", "NVIDIA [gv11b]"),
+        ] {
+            let probe = jetson(board);
+            assert_eq!(
+                probe.tegra_gpu_in_device_tree().as_deref(),
+                Some(gpu),
+                "{board}"
+            );
+            assert_eq!(
+                probe.tegra_gpu_in_platform_devices().as_deref(),
+                Some(gpu),
+                "{board}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_jetson_gpu_is_found_in_sys_without_a_device_tree_node_or_named_by_its_soc() {
+        // The GPU's device-tree node cannot be read, but /sys binds it.
         let tree = Tree::new();
-        tree.file("proc/meminfo", "MemTotal: 16384000 kB\n")
-            .file(
-                "proc/cpuinfo",
-                "processor\t: 0\nBogoMIPS\t: 62.50\nCPU part\t: 0xd42\n",
-            )
-            .file("proc/device-tree/model", "NVIDIA Jetson Orin\0")
+        tree.file(
+            "sys/firmware/devicetree/base/compatible",
+            "nvidia,p3737-0000+p3701-0000\0nvidia,tegra234\0",
+        )
+        .file(
+            "sys/devices/platform/gpu.0/of_node/compatible",
+            "nvidia,ga10b\0",
+        )
+        .file(
+            "sys/devices/platform/13e00000.host1x/of_node/compatible",
+            "nvidia,tegra234-host1x\0",
+        )
+        .link(
+            "sys/bus/platform/devices/13e00000.host1x",
+            "../../../devices/platform/13e00000.host1x",
+        )
+        .link(
+            "sys/bus/platform/devices/gpu.0",
+            "../../../devices/platform/gpu.0",
+        );
+        assert_eq!(tree.probe().read_parts().gpu_names, vec!["NVIDIA [ga10b]"]);
+
+        // Neither: the SoC names it.
+        fs::remove_file(tree.0.path().join("sys/bus/platform/devices/gpu.0")).unwrap();
+        assert_eq!(
+            tree.probe().read_parts().gpu_names,
+            vec!["NVIDIA [tegra234]"]
+        );
+    }
+
+    #[test]
+    fn other_arm_boards_have_no_tegra_gpu() {
+        let tree = Tree::new();
+        tree.file("proc/device-tree/model", "Raspberry Pi 5 Model B Rev 1.0\0")
             .file(
                 "proc/device-tree/compatible",
-                "nvidia,p3737-0000\0nvidia,tegra234\0",
+                "raspberrypi,5-model-b\0brcm,bcm2712\0",
             )
-            .dir("sys/class/drm/card0/device")
-            .file("sys/block/mmcblk0/device/serial", "0x8a3f19c2\n")
-            .file("proc/self/mountinfo", mountinfo("179:1", "/dev/mmcblk0p1"));
-        let mut parts = tree.probe().read_parts();
-        assert_eq!(parts.gpu_names, vec!["NVIDIA Jetson Orin"]);
-        assert_eq!(parts.drive_serial.as_deref(), Some("0x8a3f19c2"));
-        assert_eq!(parts.cpu_model, "unknown");
-        parts.cpu_model = "AMD EPYC".into();
-        parts.drive_serial = Some("S3EVNX0K123456".into());
-        assert_eq!(
-            parts.fingerprint_line(),
-            "CPU: AMD EPYC. GPU: NVIDIA Jetson Orin. Memory: 16384000. DriveSerial: S3EVNX0K123456"
-        );
+            .file("proc/device-tree/gpu/compatible", "brcm,bcm2712-v3d\0");
+        assert!(tree.probe().read_parts().gpu_names.is_empty());
     }
 
     #[test]

@@ -71,11 +71,44 @@ pub fn is_drm_card(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The device tree's `compatible` list (NUL-separated) names a Tegra SoC.
-pub fn is_tegra_compatible(compatible: &[u8]) -> bool {
+/// The entries of a device-tree `compatible` list (NUL-separated strings).
+fn compatible_entries(compatible: &[u8]) -> impl Iterator<Item = &str> {
     compatible
         .split(|&b| b == 0)
-        .any(|entry| entry.starts_with(b"nvidia,tegra"))
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .filter(|entry| !entry.is_empty())
+}
+
+/// The Tegra SoC a device tree's root `compatible` list names (`tegra234` on
+/// an Orin, `tegra194` on a Xavier), if any.
+pub fn tegra_soc(compatible: &[u8]) -> Option<String> {
+    compatible_entries(compatible)
+        .filter_map(|entry| entry.strip_prefix("nvidia,"))
+        .find(|chip| {
+            chip.strip_prefix("tegra")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_owned)
+}
+
+/// The integrated GPUs of the Tegra SoCs, by the chip name their device-tree
+/// node is `compatible` with: Nano/TX1 gm20b, TX2 gp10b, Xavier gv11b, Orin
+/// ga10b, Thor gb10b (and the TK1's gk20a).
+const TEGRA_GPUS: [&str; 6] = ["gk20a", "gm20b", "gp10b", "gv11b", "ga10b", "gb10b"];
+
+/// A Jetson's GPU, named from its device-tree node's `compatible` list
+/// (`nvidia,ga10b`, or `nvidia,tegra210-gm20b` on older trees): `NVIDIA
+/// [ga10b]`. The chip name is fixed by the silicon, so it reads the same on
+/// every JetPack release, unlike the board's `model` string.
+pub fn tegra_gpu_name(compatible: &[u8]) -> Option<String> {
+    compatible_entries(compatible)
+        .filter_map(|entry| entry.strip_prefix("nvidia,"))
+        .map(|chip| match chip.split_once('-') {
+            Some((soc, gpu)) if soc.starts_with("tegra") => gpu,
+            _ => chip,
+        })
+        .find(|gpu| TEGRA_GPUS.contains(gpu))
+        .map(|gpu| format!("NVIDIA [{gpu}]"))
 }
 
 /// The CPU's model in `/proc/cpuinfo`.
@@ -277,10 +310,42 @@ mod tests {
         assert!(!is_drm_card("renderD128"));
         assert_eq!(parse_hex("0x030000\n"), Some(0x03_0000));
         assert!(is_display_controller(0x03_0200) && !is_display_controller(0x06_0100));
-        assert!(is_tegra_compatible(b"nvidia,p3737-0000\0nvidia,tegra234\0"));
-        assert!(!is_tegra_compatible(
-            b"raspberrypi,4-model-b\0brcm,bcm2711\0"
-        ));
+    }
+
+    #[test]
+    fn tegra_socs_and_their_gpus_are_named_by_chip() {
+        let orin = b"nvidia,p3737-0000+p3701-0000\0nvidia,p3701-0000\0nvidia,tegra234\0";
+        assert_eq!(tegra_soc(orin).as_deref(), Some("tegra234"));
+        assert_eq!(tegra_soc(b"nvidia,tegra194\0").as_deref(), Some("tegra194"));
+        assert_eq!(tegra_soc(b"raspberrypi,4-model-b\0brcm,bcm2711\0"), None);
+        // Not a SoC: a GPU or a peripheral of one.
+        assert_eq!(tegra_soc(b"nvidia,tegra210-gm20b\0nvidia,tegra\0"), None);
+
+        assert_eq!(
+            tegra_gpu_name(b"nvidia,ga10b\0").as_deref(),
+            Some("NVIDIA [ga10b]")
+        );
+        assert_eq!(
+            tegra_gpu_name(b"nvidia,gv11b").as_deref(),
+            Some("NVIDIA [gv11b]")
+        );
+        assert_eq!(
+            tegra_gpu_name(b"nvidia,tegra210-gm20b\0nvidia,gm20b\0").as_deref(),
+            Some("NVIDIA [gm20b]")
+        );
+        assert_eq!(
+            tegra_gpu_name(b"nvidia,tegra186-gp10b\0").as_deref(),
+            Some("NVIDIA [gp10b]")
+        );
+        // Other Tegra blocks, the virtual GPU of a guest, other vendors.
+        assert_eq!(tegra_gpu_name(b"nvidia,tegra234-host1x\0"), None);
+        assert_eq!(tegra_gpu_name(b"nvidia,ga10b-vgpu\0"), None);
+        assert_eq!(tegra_gpu_name(b"arm,mali-g610\0"), None);
+        assert_eq!(tegra_gpu_name(b""), None);
+        assert_eq!(
+            tegra_gpu_name(b"\xff\xfe\0nvidia,ga10b\0").as_deref(),
+            Some("NVIDIA [ga10b]")
+        );
     }
 
     #[test]
