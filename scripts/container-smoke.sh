@@ -24,7 +24,9 @@
 #     group, like the compose file), and `status --url http://localhost:PORT`
 #     resolves a host name.
 #
-#   scripts/container-smoke.sh
+#   scripts/container-smoke.sh                          # amd64, built here
+#   SMOKE_BINARY=dist/amd64/azaion-loader scripts/container-smoke.sh
+#   SMOKE_ARCH=arm64 scripts/container-smoke.sh         # dist/arm64/azaion-loader, under qemu
 #
 # Uses the Docker daemon at $DOCKER_HOST when it is set (CI); otherwise starts
 # a private one with scripts/docker-daemon.sh and stops it at the end.
@@ -34,6 +36,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 readonly DOCKERFILE=packaging/Dockerfile
+readonly ARCH="${SMOKE_ARCH:-amd64}"
 readonly READY_TIMEOUT_SECONDS="${SMOKE_READY_TIMEOUT:-90}"
 readonly DEMO_EMAIL=demo@azaion.local DEMO_PASSWORD=demo-password
 
@@ -89,18 +92,40 @@ docker version >/dev/null 2>&1 || die "the Docker daemon at ${DOCKER_HOST} does 
 
 # --- the binary ----------------------------------------------------------------
 
-# The production build, as packaging/Dockerfile makes it: no local stack in it.
-cargo build --release --locked --no-default-features
-binary="${CARGO_TARGET_DIR:-target}/release/azaion-loader"
-[ -x "$binary" ] || die "no binary at $binary after cargo build"
-if "$binary" dev --help >/dev/null 2>&1; then
+# The production build (--no-default-features: no local stack in it). CI
+# passes the binary scripts/build-dist.sh made (SMOKE_BINARY=dist/amd64/...);
+# by default the amd64 one is built here. The arm64 image (SMOKE_ARCH=arm64)
+# needs dist/arm64/azaion-loader and runs under qemu through binfmt_misc
+# (scripts/aarch64-test.sh registers it); its libraries come from Debian's
+# libc6-arm64-cross.
+run_binary=()
+case "$ARCH" in
+    amd64) ;;
+    arm64)
+        run_binary=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
+        [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] ||
+            die "arm64: no qemu-aarch64 entry in binfmt_misc (scripts/aarch64-test.sh registers it)"
+        ;;
+    *) die "SMOKE_ARCH must be amd64 or arm64, not '$ARCH'" ;;
+esac
+platform=(--platform "linux/$ARCH")
+if [ -n "${SMOKE_BINARY:-}" ]; then
+    binary="$SMOKE_BINARY"
+elif [ "$ARCH" = amd64 ]; then
+    cargo build --release --locked --no-default-features
+    binary="${CARGO_TARGET_DIR:-target}/release/azaion-loader"
+else
+    binary="dist/$ARCH/azaion-loader"
+fi
+[ -x "$binary" ] || die "no binary at $binary (scripts/build-dist.sh $ARCH)"
+if "${run_binary[@]}" "$binary" dev --help >/dev/null 2>&1; then
     die "the production binary has the dev stack in it"
 fi
 # The local stack's peers (emulator, S3) come from the default build.
 cargo build --locked --quiet --bin azaion-loader
 dev_binary="${CARGO_TARGET_DIR:-target}/debug/azaion-loader"
-expected_version="$("$binary" --version)"
-info "binary $binary: $expected_version"
+expected_version="$("${run_binary[@]}" "$binary" --version)"
+info "binary $binary ($ARCH): $expected_version"
 
 # --- the runtime settings of the Dockerfile's final stage ---------------------
 
@@ -155,17 +180,34 @@ chmod 1777 "$rootfs/tmp"
 chmod 0750 "$rootfs$cache_dir"
 install -m 0755 "$binary" "$rootfs/usr/local/bin/azaion-loader"
 
-ldd_output="$(ldd "$binary" 2>&1 || true)"
-if printf '%s\n' "$ldd_output" | grep -q 'not found'; then
-    die "the binary links libraries this machine lacks: $ldd_output"
+if [ "$ARCH" = amd64 ]; then
+    ldd_output="$(ldd "$binary" 2>&1 || true)"
+    if printf '%s\n' "$ldd_output" | grep -q 'not found'; then
+        die "the binary links libraries this machine lacks: $ldd_output"
+    fi
+    # `name => /path (addr)` and `/path/to/ld.so (addr)`; linux-vdso has no file.
+    mapfile -t libraries < <(printf '%s\n' "$ldd_output" |
+        awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)
+    for library in "${libraries[@]}"; do
+        mkdir -p "$rootfs$(dirname "$library")"
+        cp -L "$library" "$rootfs$library"
+    done
+else
+    # No ldd for a foreign binary: its interpreter and NEEDED libraries (none
+    # of them needs another), from the cross libc, at the arm64 paths.
+    interpreter="$(readelf -l "$binary" | sed -n 's/.*program interpreter: \(.*\)]/\1/p')"
+    mapfile -t needed < <(readelf -d "$binary" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
+    [ -n "$interpreter" ] || die "no program interpreter in $binary"
+    mkdir -p "$rootfs$(dirname "$interpreter")" "$rootfs/lib/aarch64-linux-gnu"
+    cp -L "/usr/aarch64-linux-gnu/lib/$(basename "$interpreter")" "$rootfs$interpreter" ||
+        die "no /usr/aarch64-linux-gnu/lib/$(basename "$interpreter") (apt-get install libc6-arm64-cross)"
+    libraries=("$interpreter")
+    for library in "${needed[@]}"; do
+        cp -L "/usr/aarch64-linux-gnu/lib/$library" "$rootfs/lib/aarch64-linux-gnu/$library" ||
+            die "no arm64 $library in /usr/aarch64-linux-gnu/lib"
+        libraries+=("/lib/aarch64-linux-gnu/$library")
+    done
 fi
-# `name => /path (addr)` and `/path/to/ld.so (addr)`; linux-vdso has no file.
-mapfile -t libraries < <(printf '%s\n' "$ldd_output" |
-    awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)
-for library in "${libraries[@]}"; do
-    mkdir -p "$rootfs$(dirname "$library")"
-    cp -L "$library" "$rootfs$library"
-done
 info "shared libraries: ${libraries[*]:-none (static binary)}"
 
 cat >"$rootfs/etc/passwd" <<EOF
@@ -196,13 +238,13 @@ changes=(--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 for instruction in "${instructions[@]}"; do
     changes+=(--change "$instruction")
 done
-docker import "${changes[@]}" "$work/rootfs.tar" "$tag" >/dev/null || die "docker import failed"
+docker import "${platform[@]}" "${changes[@]}" "$work/rootfs.tar" "$tag" >/dev/null || die "docker import failed"
 info "image $tag: $(du -h "$work/rootfs.tar" | cut -f1) uncompressed"
 
 # --- the checks ------------------------------------------------------------------
 
 # 1. --version
-if version="$(docker run --rm "$tag" --version 2>&1)" && [ "$version" = "$expected_version" ]; then
+if version="$(docker run "${platform[@]}" --rm "$tag" --version 2>&1)" && [ "$version" = "$expected_version" ]; then
     pass "docker run IMAGE --version prints '$version'"
 else
     fail "docker run IMAGE --version printed '$version', expected '$expected_version'"
@@ -227,7 +269,7 @@ hardening=(--read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privile
 
 serve_name="azaion-smoke-serve-$$"
 containers+=("$serve_name")
-if docker run -d --name "$serve_name" "${hardening[@]}" --network none \
+if docker run "${platform[@]}" -d --name "$serve_name" "${hardening[@]}" --network none \
     --health-interval 2s --health-start-period 1s "$tag" >/dev/null; then
     if wait_healthy "$serve_name"; then
         pass "default command (serve, listening as the image's LOADER_LISTEN) is healthy by the image's HEALTHCHECK"
@@ -287,7 +329,7 @@ if [ -n "$socket" ] && [ -S "$socket" ]; then
         docker save "$unlock_tag" -o "$work/images.tar" &&
         docker image rm "$unlock_tag" >/dev/null &&
         printf 'dev-key-fragment' >"$work/fragment.bin" &&
-        "$binary" pack-images --quiet --fragment "$work/fragment.bin" "$work/images.tar" "$work/images.enc" &&
+        "${run_binary[@]}" "$binary" pack-images --quiet --fragment "$work/fragment.bin" "$work/images.tar" "$work/images.enc" &&
         chmod 0644 "$work/images.enc"; then
         # The socket's group, like the compose file's group_add: DOCKER_GID.
         socket_mount=(-v "$socket:/var/run/docker.sock" --group-add "$(stat -c %g "$socket")")
@@ -313,7 +355,7 @@ done
 info "peers of the local stack: Resource API at $api_url"
 dev_name="azaion-smoke-serve-peers-$$"
 containers+=("$dev_name")
-if docker run -d --name "$dev_name" "${hardening[@]}" "${socket_mount[@]}" --network host \
+if docker run "${platform[@]}" -d --name "$dev_name" "${hardening[@]}" "${socket_mount[@]}" --network host \
     -e "LOADER_LISTEN=127.0.0.1:$port" -e "RESOURCE_API_URL=$api_url" \
     -e "IMAGES_PATH=$cache_dir/images.enc" -e "LOADER_IMAGES=$unlock_tag" \
     "$tag" serve >/dev/null; then
@@ -383,7 +425,7 @@ if docker run -d --name "$dev_name" "${hardening[@]}" "${socket_mount[@]}" --net
             fi
         fi
     fi
-    if status_output="$(docker run --rm --network host "$tag" status --url "http://localhost:$port" 2>&1)"; then
+    if status_output="$(docker run "${platform[@]}" --rm --network host "$tag" status --url "http://localhost:$port" 2>&1)"; then
         pass "status --url http://localhost:$port from a second container (host names resolve in the image)"
     else
         fail "status --url http://localhost:$port from a second container: $status_output"
@@ -394,8 +436,8 @@ fi
 
 # The fingerprint a device registers is the one the loader sees: in a
 # container the system disk is the overlay, so it may differ from the host's.
-host_hash="$("$binary" hardware 2>/dev/null | sed -n 's/^hash: //p' || true)"
-container_hash="$(docker run --rm "$tag" hardware 2>/dev/null | sed -n 's/^hash: //p' || true)"
+host_hash="$("${run_binary[@]}" "$binary" hardware 2>/dev/null | sed -n 's/^hash: //p' || true)"
+container_hash="$(docker run "${platform[@]}" --rm "$tag" hardware 2>/dev/null | sed -n 's/^hash: //p' || true)"
 if [ -n "$host_hash" ] && [ "$host_hash" = "$container_hash" ]; then
     info "hardware fingerprint: the same on the host and in the container"
 else

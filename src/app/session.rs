@@ -320,3 +320,56 @@ fn login_error(e: ApiError) -> LoginError {
         ApiError::Unexpected(m) => LoginError::Unavailable(m),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::fakes::FakeObjectStore;
+    use crate::domain::cdn::S3Keys;
+
+    #[test]
+    fn a_session_shows_who_and_until_when_and_none_of_its_secrets() {
+        let keys = |access: &str, secret: &str| S3Keys {
+            access_key: access.into(),
+            secret_key: SecretString::new(secret),
+        };
+        let session = Session {
+            credentials: Credentials {
+                email: "operator@example.com".into(),
+                password: SecretString::new("the-password"),
+            },
+            token: SecretString::new("the-jwt"),
+            claims: Claims {
+                user_id: Some("u1".into()),
+                email: Some("operator@example.com".into()),
+                role: Some("operator".into()),
+                expires_at: Some(1_900_000_000),
+            },
+            api_key: AesKey::from_key_string(&SecretString::new("the-api-key")),
+            cdn: CdnConfig {
+                host: "https://cdn.example.com".into(),
+                region: "eu".into(),
+                downloader: keys("AKDOWN", "the-download-secret"),
+                uploader: keys("AKUP", "the-upload-secret"),
+            },
+            store: Arc::new(FakeObjectStore::new()),
+            device: Device {
+                hardware: "CPU: x".into(),
+                hw_hash: "hash".into(),
+            },
+        };
+        let shown = format!("{session:?}");
+        assert!(shown.starts_with("Session {"), "{shown}");
+        assert!(shown.contains("operator@example.com"), "{shown}");
+        assert!(shown.contains("1900000000"), "{shown}");
+        for secret in [
+            "the-password",
+            "the-jwt",
+            "the-api-key",
+            "the-download-secret",
+            "the-upload-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use aes::Aes256;
 use cbc::cipher::inout::InOutBuf;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 
-use super::aesni::CbcEncryptNi;
+use super::aes_hw::CbcEncryptHw;
 use super::keys::AesKey;
 
 pub const BLOCK: usize = 16;
@@ -89,19 +89,19 @@ impl CryptoBackend {
     }
 }
 
-/// The CBC encryption engine: AES-NI when the CPU has it, else the `cbc` crate.
-/// Both give the same bytes; the AES-NI loop is faster (see `aesni`).
+/// The CBC encryption engine: the CPU's AES instructions when it has them, else the `cbc` crate.
+/// Both give the same bytes; the AES-NI / ARMv8 loop is faster (see `aes_hw`).
 // Unboxed, as the `cbc` encryptor (~1 KiB) always was: no allocation per stream.
 #[allow(clippy::large_enum_variant)]
 enum EncryptBackend {
-    Ni(CbcEncryptNi),
+    Hw(CbcEncryptHw),
     Soft(cbc::Encryptor<Aes256>),
 }
 
 impl EncryptBackend {
     fn new(key: &AesKey, iv: &[u8; IV_LEN]) -> Self {
-        match CbcEncryptNi::new(key.as_bytes(), iv) {
-            Some(ni) => Self::Ni(ni),
+        match CbcEncryptHw::new(key.as_bytes(), iv) {
+            Some(hw) => Self::Hw(hw),
             None => Self::soft(key, iv),
         }
     }
@@ -119,7 +119,7 @@ impl EncryptBackend {
         debug_assert_eq!(input.len() % BLOCK, 0);
         match self {
             // Straight from `input` to `out`: one pass over the data.
-            Self::Ni(ni) => ni.encrypt_append(input, out),
+            Self::Hw(hw) => hw.encrypt_append(input, out),
             Self::Soft(cipher) => {
                 let start = out.len();
                 out.extend_from_slice(input);
@@ -144,7 +144,7 @@ impl Encryptor {
         Self::with_backend(EncryptBackend::new(key, &iv), iv)
     }
 
-    /// The `cbc`-crate engine whatever the CPU: the oracle for the AES-NI one.
+    /// The `cbc`-crate engine whatever the CPU: the oracle for the hardware one.
     #[cfg(test)]
     fn new_soft(key: &AesKey, iv: [u8; IV_LEN]) -> Self {
         Self::with_backend(EncryptBackend::soft(key, &iv), iv)
@@ -446,24 +446,27 @@ mod tests {
     }
 
     #[test]
-    fn uses_aes_ni_when_the_cpu_has_it() {
+    fn encrypts_with_the_aes_instructions_when_the_cpu_has_them() {
         let enc = Encryptor::new(&key(), [0; 16]);
-        #[cfg(target_arch = "x86_64")]
-        assert_eq!(
-            matches!(enc.cipher, EncryptBackend::Ni(_)),
-            std::arch::is_x86_feature_detected!("aes")
-        );
-        #[cfg(not(target_arch = "x86_64"))]
-        assert!(matches!(enc.cipher, EncryptBackend::Soft(_)));
+        let hardware = matches!(enc.cipher, EncryptBackend::Hw(_));
+        #[cfg(all(target_arch = "x86_64", not(aes_force_soft)))]
+        assert_eq!(hardware, std::arch::is_x86_feature_detected!("aes"));
+        #[cfg(all(target_arch = "aarch64", not(aes_force_soft)))]
+        assert_eq!(hardware, std::arch::is_aarch64_feature_detected!("aes"));
+        #[cfg(any(
+            not(any(target_arch = "x86_64", target_arch = "aarch64")),
+            aes_force_soft
+        ))]
+        assert!(!hardware);
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// The AES-NI engine (when present) against the `cbc` crate one, through
+        /// The AES-NI / ARMv8 engine (when present) against the `cbc` crate one, through
         /// the whole streaming API: random key, IV, data and chunking.
         #[test]
-        fn the_aes_ni_engine_gives_the_cbc_crate_bytes(
+        fn the_hardware_engine_gives_the_cbc_crate_bytes(
             key_bytes in any::<[u8; 32]>(),
             iv in any::<[u8; 16]>(),
             plain in proptest::collection::vec(any::<u8>(), 0..5_000),

@@ -2,7 +2,7 @@
 //! name validation, configuration documents and the unlock state machine.
 //! Nothing here does I/O, spawns tasks or knows about HTTP, S3 or Docker.
 
-pub(crate) mod aesni;
+pub(crate) mod aes_hw;
 pub mod cache_record;
 pub mod cdn;
 pub mod cipher;

@@ -209,6 +209,50 @@ async fn a_cdn_read_cut_midway_resumes_from_where_it_stopped() {
 }
 
 #[tokio::test]
+async fn a_cdn_read_is_resumed_three_times_and_no_more() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(500_000, 19);
+    app.seed(FOLDER, "m.bin", &plain);
+    let big_gets = |app: &TestApp| -> Vec<u64> {
+        let gets = app.store.gets().into_iter();
+        gets.filter(|(key, _)| key == "m.bin.big")
+            .map(|(_, from)| from)
+            .collect()
+    };
+    // Three cuts: three resumes, and the whole resource.
+    for _ in 0..3 {
+        app.store.cut_next_read(50_000);
+    }
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(big_gets(&app), vec![0, 50_000, 100_000, 150_000]);
+    assert!(app.cache.contains(FOLDER, "m.bin"));
+
+    // Four cuts of a cold read: the fourth is not resumed, and the body fails.
+    app.cache.remove_all_for_test();
+    for _ in 0..4 {
+        app.store.cut_next_read(50_000);
+    }
+    let sent = app
+        .client
+        .post(app.url("/load/m.bin"))
+        .json(&json!({"folder": FOLDER}))
+        .send()
+        .await;
+    match sent {
+        Ok(r) => assert!(r.bytes().await.is_err(), "the body must not end cleanly"),
+        Err(e) => assert!(!e.is_status(), "{e}"),
+    }
+    assert_eq!(
+        big_gets(&app)[4..],
+        [0, 50_000, 100_000, 150_000],
+        "one read and three resumes"
+    );
+    assert!(!app.cache.contains(FOLDER, "m.bin"));
+}
+
+#[tokio::test]
 async fn a_damaged_cdn_big_part_ends_the_body_in_an_error_and_is_not_cached() {
     let app = TestApp::logged_in().await;
     let plain = pattern(30_000, 17);

@@ -206,3 +206,45 @@ pub(super) fn prefetch(mut stream: ByteStream) -> ByteStream {
         rx.recv().await.map(|item| (item, rx))
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::cipher::encrypt;
+    use crate::domain::secret::SecretString;
+
+    #[test]
+    fn the_plaintext_length_comes_from_the_last_two_blocks_wherever_they_lie() {
+        let key = AesKey::from_key_string(&SecretString::new("tail test"));
+        let plain = vec![7u8; 100];
+        // 16 bytes of IV, then 100 bytes padded to 112.
+        let encrypted = encrypt(&key, [3; 16], &plain);
+        let total = encrypted.len() as u64;
+        assert_eq!(total, 128);
+        // A big part longer than the tail: its last TAIL_LEN bytes suffice.
+        let (small, big) = encrypted.split_at(60);
+        let tail = &big[big.len() - TAIL_LEN..];
+        assert_eq!(exact_plaintext_len(&key, small, tail, total), Some(100));
+        // A big part shorter than the tail: the rest comes from the small part's end.
+        for big_len in [1, 12, TAIL_LEN - 1, TAIL_LEN] {
+            let (small, big) = encrypted.split_at(encrypted.len() - big_len);
+            assert_eq!(
+                exact_plaintext_len(&key, small, big, total),
+                Some(100),
+                "big part of {big_len} bytes"
+            );
+        }
+        // Damaged padding, or fewer bytes in all than one tail: unknown.
+        let mut damaged = encrypted.clone();
+        damaged[100] ^= 0x55;
+        let (small, big) = damaged.split_at(60);
+        assert_eq!(
+            exact_plaintext_len(&key, small, &big[big.len() - TAIL_LEN..], total),
+            None
+        );
+        assert_eq!(
+            exact_plaintext_len(&key, &encrypted[..8], &encrypted[8..24], 24),
+            None
+        );
+    }
+}

@@ -1,21 +1,31 @@
-//! AES-256-CBC encryption with the x86_64 AES-NI instructions.
+//! AES-256-CBC encryption with the CPU's AES instructions: AES-NI on x86_64,
+//! the ARMv8 Cryptography Extensions on aarch64 (Jetsons).
 //!
 //! CBC encryption is serial: each block waits for the one before it, so the
-//! speed is set by the latency of the 14 `aesenc` rounds. The loop below
-//! keeps all 15 round keys and the chaining value in registers and folds the
-//! XOR of the next plaintext block into the last round's key, so that only
-//! the 14 AES instructions sit on the dependency chain between two blocks.
+//! speed is set by the latency of the 14 AES rounds. Each loop below keeps
+//! all 15 round keys and the chaining value in registers and takes the XOR
+//! of the next plaintext block off the dependency chain (folded into the
+//! last round key), so that only the AES instructions (and on aarch64 one
+//! XOR) sit between two blocks. The `cbc` crate, which runs a round-key load
+//! and a call per block, is the fallback and the tests' oracle.
 //!
-//! [`CbcEncryptNi::new`] returns `None` when the CPU lacks AES-NI (and always
-//! on other architectures); the caller then falls back to the `cbc` crate.
+//! [`CbcEncryptHw::new`] returns `None` when the CPU lacks the instructions
+//! (and always on other architectures, or when built with
+//! `--cfg aes_force_soft`); the caller then falls back to the `cbc` crate.
 
-#[cfg(target_arch = "x86_64")]
-pub(crate) use x86::CbcEncryptNi;
+#[cfg(all(target_arch = "x86_64", not(aes_force_soft)))]
+pub(crate) use x86::CbcEncryptHw;
 
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) use stub::CbcEncryptNi;
+#[cfg(all(target_arch = "aarch64", not(aes_force_soft)))]
+pub(crate) use arm::CbcEncryptHw;
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    aes_force_soft
+))]
+pub(crate) use stub::CbcEncryptHw;
+
+#[cfg(all(target_arch = "x86_64", not(aes_force_soft)))]
 mod x86 {
     use std::arch::x86_64::{
         __m128i, _MM_HINT_T0, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128,
@@ -36,12 +46,12 @@ mod x86 {
     /// AES-256-CBC encryption state: the expanded key and the chaining value.
     /// Only constructed once AES-NI has been detected at run time.
     #[derive(Zeroize, ZeroizeOnDrop)]
-    pub(crate) struct CbcEncryptNi {
+    pub(crate) struct CbcEncryptHw {
         round_keys: [[u8; BLOCK]; ROUND_KEYS],
         chain: [u8; BLOCK],
     }
 
-    impl CbcEncryptNi {
+    impl CbcEncryptHw {
         /// `None` when this CPU has no AES-NI.
         pub(crate) fn new(key: &[u8; 32], iv: &[u8; BLOCK]) -> Option<Self> {
             if !std::arch::is_x86_feature_detected!("aes") {
@@ -68,7 +78,7 @@ mod x86 {
             let dst = out.spare_capacity_mut()[..input.len()]
                 .as_mut_ptr()
                 .cast::<u8>();
-            // SAFETY: a `CbcEncryptNi` exists only if AES-NI was detected (`new`);
+            // SAFETY: a `CbcEncryptHw` exists only if AES-NI was detected (`new`);
             // `input` is whole blocks (asserted) and `dst` has room for its
             // `input.len()` bytes (just reserved).
             unsafe { cbc_encrypt(&self.round_keys, &mut self.chain, input, dst) };
@@ -251,12 +261,220 @@ mod x86 {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-mod stub {
-    /// Never constructed: AES-NI exists on x86_64 only.
-    pub(crate) enum CbcEncryptNi {}
+#[cfg(all(target_arch = "aarch64", not(aes_force_soft)))]
+mod arm {
+    use std::arch::aarch64::{
+        uint8x16_t, vaeseq_u8, vaesmcq_u8, vdupq_n_u8, vdupq_n_u32, veorq_u8, vgetq_lane_u32,
+        vld1q_u8, vreinterpretq_u8_u32, vreinterpretq_u32_u8, vst1q_u8,
+    };
 
-    impl CbcEncryptNi {
+    use zeroize::{Zeroize, ZeroizeOnDrop};
+
+    const BLOCK: usize = 16;
+    const ROUND_KEYS: usize = 15;
+
+    /// AES-256-CBC encryption state: the expanded key and the chaining value.
+    /// Only constructed once the AES instructions have been detected at run time.
+    #[derive(Zeroize, ZeroizeOnDrop)]
+    pub(crate) struct CbcEncryptHw {
+        round_keys: [[u8; BLOCK]; ROUND_KEYS],
+        chain: [u8; BLOCK],
+    }
+
+    impl CbcEncryptHw {
+        /// `None` when this CPU has no AES instructions.
+        pub(crate) fn new(key: &[u8; 32], iv: &[u8; BLOCK]) -> Option<Self> {
+            if !std::arch::is_aarch64_feature_detected!("aes") {
+                return None;
+            }
+            let mut round_keys = [[0u8; BLOCK]; ROUND_KEYS];
+            // SAFETY: the AES instructions were detected just above.
+            unsafe { expand_key(key, &mut round_keys) };
+            Some(Self {
+                round_keys,
+                chain: *iv,
+            })
+        }
+
+        /// Encrypts the block-aligned `input` and appends the ciphertext to
+        /// `out`, carrying the chaining value over to the next call.
+        #[inline]
+        pub(crate) fn encrypt_append(&mut self, input: &[u8], out: &mut Vec<u8>) {
+            assert!(
+                input.len().is_multiple_of(BLOCK),
+                "CBC input must be whole blocks"
+            );
+            out.reserve(input.len());
+            let dst = out.spare_capacity_mut()[..input.len()]
+                .as_mut_ptr()
+                .cast::<u8>();
+            // SAFETY: a `CbcEncryptHw` exists only if the AES instructions were
+            // detected (`new`); `input` is whole blocks (asserted) and `dst` has
+            // room for its `input.len()` bytes (just reserved).
+            unsafe { cbc_encrypt(&self.round_keys, &mut self.chain, input, dst) };
+            // SAFETY: `cbc_encrypt` wrote all `input.len()` bytes after the old length.
+            unsafe { out.set_len(out.len() + input.len()) };
+        }
+    }
+
+    /// SubWord (FIPS-197 §5.2) with the AES instruction, in constant time: with
+    /// the word in all four columns, ShiftRows moves nothing, so `aese` with a
+    /// zero key leaves SubBytes of the word in every column.
+    #[inline]
+    #[target_feature(enable = "aes")]
+    fn sub_word(word: u32) -> u32 {
+        let state = vreinterpretq_u8_u32(vdupq_n_u32(word));
+        vgetq_lane_u32::<0>(vreinterpretq_u32_u8(vaeseq_u8(state, vdupq_n_u8(0))))
+    }
+
+    /// AES-256 key expansion (FIPS-197 §5.2) into 15 round keys.
+    #[target_feature(enable = "aes")]
+    fn expand_key(key: &[u8; 32], out: &mut [[u8; BLOCK]; ROUND_KEYS]) {
+        const RCON: [u32; 7] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40];
+        // Words as the bytes lie in memory (little-endian lanes): RotWord is
+        // then a rotation right by one byte, and Rcon goes in the low byte.
+        let mut words = [0u32; 4 * ROUND_KEYS];
+        for (word, bytes) in words.iter_mut().zip(key.chunks_exact(4)) {
+            *word = u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
+        }
+        for i in 8..words.len() {
+            let previous = words[i - 1];
+            let mixed = match i % 8 {
+                0 => sub_word(previous.rotate_right(8)) ^ RCON[i / 8 - 1],
+                4 => sub_word(previous),
+                _ => previous,
+            };
+            words[i] = words[i - 8] ^ mixed;
+        }
+        for (round_key, chunk) in out.iter_mut().zip(words.chunks_exact(4)) {
+            for (bytes, word) in round_key.chunks_exact_mut(4).zip(chunk) {
+                bytes.copy_from_slice(&word.to_le_bytes());
+            }
+        }
+        words.zeroize();
+    }
+
+    /// CBC-encrypts the whole blocks of `input` to `dst`, chaining from and
+    /// back into `chain`.
+    ///
+    /// # Safety
+    /// The CPU must have the AES instructions; `input` must be whole blocks
+    /// and `dst` valid for writing `input.len()` bytes.
+    #[target_feature(enable = "aes")]
+    unsafe fn cbc_encrypt(
+        round_keys: &[[u8; BLOCK]; ROUND_KEYS],
+        chain: &mut [u8; BLOCK],
+        input: &[u8],
+        dst: *mut u8,
+    ) {
+        // SAFETY: each round key is 16 readable bytes.
+        let load = |bytes: &[u8; BLOCK]| unsafe { vld1q_u8(bytes.as_ptr()) };
+        let [
+            k0,
+            k1,
+            k2,
+            k3,
+            k4,
+            k5,
+            k6,
+            k7,
+            k8,
+            k9,
+            k10,
+            k11,
+            k12,
+            k13,
+            k14,
+        ] = round_keys.each_ref().map(load);
+        let blocks = input.len() / BLOCK;
+        let src = input.as_ptr();
+        // SAFETY (for `read` and `write`): `i < blocks`, so block `i` lies within
+        // `input` and within the `input.len()` bytes writable at `dst`.
+        let read = |i: usize| unsafe { vld1q_u8(src.add(i * BLOCK)) };
+        let write = |i: usize, value: uint8x16_t| unsafe { vst1q_u8(dst.add(i * BLOCK), value) };
+        if blocks == 0 {
+            return;
+        }
+        // `aese` XORs its key in first: round r is aesmc(aese(s, k_r)), the
+        // last aese(s, k13) ^ k14.
+        macro_rules! rounds_0_to_13 {
+            ($s:ident) => {{
+                $s = vaesmcq_u8(vaeseq_u8($s, k0));
+                $s = vaesmcq_u8(vaeseq_u8($s, k1));
+                $s = vaesmcq_u8(vaeseq_u8($s, k2));
+                $s = vaesmcq_u8(vaeseq_u8($s, k3));
+                $s = vaesmcq_u8(vaeseq_u8($s, k4));
+                $s = vaesmcq_u8(vaeseq_u8($s, k5));
+                $s = vaesmcq_u8(vaeseq_u8($s, k6));
+                $s = vaesmcq_u8(vaeseq_u8($s, k7));
+                $s = vaesmcq_u8(vaeseq_u8($s, k8));
+                $s = vaesmcq_u8(vaeseq_u8($s, k9));
+                $s = vaesmcq_u8(vaeseq_u8($s, k10));
+                $s = vaesmcq_u8(vaeseq_u8($s, k11));
+                $s = vaesmcq_u8(vaeseq_u8($s, k12));
+                vaeseq_u8($s, k13)
+            }};
+        }
+        // The current block's input: plaintext ^ previous ciphertext.
+        let mut state = veorq_u8(read(0), load(chain));
+        for i in 1..blocks {
+            // Off the dependency chain: the next plaintext with k14 folded in,
+            // so that one XOR turns the last round into the next block's input:
+            // t ^ (k14 ^ next) = ciphertext ^ next.
+            let m = veorq_u8(read(i), k14);
+            let t = rounds_0_to_13!(state);
+            write(i - 1, veorq_u8(t, k14));
+            state = veorq_u8(t, m);
+        }
+        let last = veorq_u8(rounds_0_to_13!(state), k14);
+        write(blocks - 1, last);
+        // SAFETY: `chain` is 16 writable bytes.
+        unsafe { vst1q_u8(chain.as_mut_ptr(), last) };
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn key_expansion_matches_fips_197_appendix_a3() {
+            if !std::arch::is_aarch64_feature_detected!("aes") {
+                eprintln!("no AES instructions on this CPU: skipped");
+                return;
+            }
+            let key: [u8; 32] =
+                hex::decode("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
+            let mut round_keys = [[0u8; BLOCK]; ROUND_KEYS];
+            // SAFETY: the AES instructions were detected above.
+            unsafe { expand_key(&key, &mut round_keys) };
+            assert_eq!(
+                hex::encode(round_keys[2]),
+                "9ba354118e6925afa51a8b5f2067fcde"
+            );
+            assert_eq!(
+                hex::encode(round_keys[3]),
+                "a8b09c1a93d194cdbe49846eb75d5b9a"
+            );
+            assert_eq!(
+                hex::encode(round_keys[14]),
+                "fe4890d1e6188d0b046df344706c631e"
+            );
+        }
+    }
+}
+
+#[cfg(any(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    aes_force_soft
+))]
+mod stub {
+    /// Never constructed: no AES instructions are used on this target.
+    pub(crate) enum CbcEncryptHw {}
+
+    impl CbcEncryptHw {
         pub(crate) fn new(_key: &[u8; 32], _iv: &[u8; 16]) -> Option<Self> {
             None
         }
@@ -269,7 +487,7 @@ mod stub {
 
 #[cfg(test)]
 mod tests {
-    use super::CbcEncryptNi;
+    use super::CbcEncryptHw;
     use aes::Aes256;
     use cbc::cipher::inout::InOutBuf;
     use cbc::cipher::{BlockEncryptMut, KeyIvInit};
@@ -297,7 +515,7 @@ mod tests {
             "39f23369a9d9bacfa530e26304231461",
             "b2eb05e2c39be9fcda6c19078c6a9d1b",
         );
-        let Some(mut ni) = CbcEncryptNi::new(&key, &iv) else {
+        let Some(mut ni) = CbcEncryptHw::new(&key, &iv) else {
             eprintln!("no AES-NI on this CPU: skipped");
             return;
         };
@@ -306,7 +524,7 @@ mod tests {
         assert_eq!(&out[..4], b"kept");
         assert_eq!(hex::encode(&out[4..]), cipher);
         // The same again, one block per call: the chaining value carries over.
-        let mut ni = CbcEncryptNi::new(&key, &iv).unwrap();
+        let mut ni = CbcEncryptHw::new(&key, &iv).unwrap();
         let mut out = Vec::new();
         for block in plain.chunks(16) {
             ni.encrypt_append(block, &mut out);
@@ -327,7 +545,7 @@ mod tests {
             seed in any::<u64>(),
             cuts in proptest::collection::vec(0usize..40, 0..10),
         ) {
-            let Some(mut ni) = CbcEncryptNi::new(&key, &iv) else {
+            let Some(mut ni) = CbcEncryptHw::new(&key, &iv) else {
                 return Ok(());
             };
             let mut state = seed | 1;
