@@ -10,13 +10,17 @@
 #     under qemu against the peers of a host-side local stack: login, load of
 #     the demo resource, upload then load of 1 MiB, byte for byte.
 #
-#   scripts/aarch64-test.sh            # needs dist/arm64/azaion-loader (scripts/build-dist.sh arm64)
+#   scripts/aarch64-test.sh            # both; needs dist/arm64/azaion-loader (scripts/build-dist.sh arm64)
+#   scripts/aarch64-test.sh tests      # only the cross-built tests
+#   scripts/aarch64-test.sh binary     # only the shipped binary
 #
 # Installs Debian's cross gcc, arm64 libc and qemu-user-static when missing.
 # Registers qemu with binfmt_misc when it can (root), so that aarch64 programs
 # also run by themselves; without it the runner alone is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+readonly PART="${1:-all}"
+case "$PART" in all | tests | binary) ;; *) echo "usage: $0 [all|tests|binary]" >&2; exit 2 ;; esac
 
 readonly TRIPLE=aarch64-unknown-linux-gnu SYSROOT=/usr/aarch64-linux-gnu
 readonly DEMO_EMAIL=demo@azaion.local DEMO_PASSWORD=demo-password
@@ -54,6 +58,7 @@ fi
 
 # --- the tests, cross-built ------------------------------------------------------
 started=$SECONDS
+if [ "$PART" != binary ]; then
 # The aarch64-only code (the ARMv8 CBC loop) is linted here: scripts/lint.sh
 # checks the host's.
 cargo clippy --locked --quiet --target "$TRIPLE" --lib --tests -- -D warnings
@@ -66,6 +71,8 @@ say "skipped under qemu: metrics::tests::the_process_figures_are_read_from_proc 
 AZAION_TEST_CLIENT_TIMEOUT_SECS=600 cargo test --locked --target "$TRIPLE" --lib --test api -- \
     --skip metrics::tests::the_process_figures_are_read_from_proc
 say "tests under qemu: $((SECONDS - started)) s (build and run)"
+fi
+[ "$PART" != tests ] || exit 0
 
 # --- the shipped binary ----------------------------------------------------------
 binary=dist/arm64/azaion-loader
@@ -102,6 +109,7 @@ free_port() {
 # shipped binary has no local stack in it (--no-default-features).
 cargo build --locked --quiet --bin azaion-loader
 dev_binary="${CARGO_TARGET_DIR:-target}/debug/azaion-loader"
+: >"$work/peers.log"
 "$dev_binary" dev --listen "127.0.0.1:$(free_port)" --data-dir "$work/peers" >"$work/peers.log" 2>&1 &
 pids+=($!)
 api_url=""

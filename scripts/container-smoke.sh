@@ -238,7 +238,29 @@ changes=(--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 for instruction in "${instructions[@]}"; do
     changes+=(--change "$instruction")
 done
-docker import "${platform[@]}" "${changes[@]}" "$work/rootfs.tar" "$tag" >/dev/null || die "docker import failed"
+docker import "${changes[@]}" "$work/rootfs.tar" "$tag" >/dev/null || die "docker import failed"
+if [ "$(docker image inspect --format '{{.Architecture}}' "$tag")" != "$ARCH" ]; then
+    # `docker import --platform` needs an experimental daemon before Docker 23
+    # (Debian's docker.io is 20.10): write the architecture into the image's
+    # config and load it again under the same tag.
+    mkdir "$work/image"
+    docker save "$tag" | tar -C "$work/image" -xf -
+    python3 - "$work/image" "$ARCH" <<'PY' || die "could not set the image's architecture"
+import json, sys
+folder, arch = sys.argv[1], sys.argv[2]
+manifest = json.load(open(f"{folder}/manifest.json"))
+config_path = f"{folder}/{manifest[0]['Config']}"
+config = json.load(open(config_path))
+config["architecture"] = arch
+if arch == "arm64":
+    config["variant"] = "v8"
+json.dump(config, open(config_path, "w"))
+PY
+    docker image rm -f "$tag" >/dev/null
+    tar -C "$work/image" -cf - . | docker load >/dev/null || die "docker load of the $ARCH image failed"
+    [ "$(docker image inspect --format '{{.Architecture}}' "$tag")" = "$ARCH" ] ||
+        die "the image's architecture is not $ARCH"
+fi
 info "image $tag: $(du -h "$work/rootfs.tar" | cut -f1) uncompressed"
 
 # --- the checks ------------------------------------------------------------------
@@ -342,6 +364,7 @@ fi
 base="http://127.0.0.1:$port"
 # The peers: a host-side local stack (its own loader, on another port, is unused).
 peers_port="$(free_port)" || die "no free port found"
+: >"$work/peers.log"
 "$dev_binary" dev --listen "127.0.0.1:$peers_port" --data-dir "$work/peers" >"$work/peers.log" 2>&1 &
 peers_pid=$!
 api_url=""

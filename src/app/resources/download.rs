@@ -213,6 +213,31 @@ mod tests {
     use crate::domain::cipher::encrypt;
     use crate::domain::secret::SecretString;
 
+    #[tokio::test]
+    async fn prefetch_hands_on_every_item_and_stops_at_the_first_error() {
+        let polled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = polled.clone();
+        let items: Vec<std::io::Result<Bytes>> = vec![
+            Ok(Bytes::from_static(b"a")),
+            Ok(Bytes::from_static(b"b")),
+            Err(std::io::Error::other("cut")),
+            Ok(Bytes::from_static(b"after the error")),
+        ];
+        let source = futures::stream::iter(items).inspect(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let out: Vec<_> = prefetch(Box::pin(source)).collect().await;
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0].as_ref().unwrap(), "a");
+        assert_eq!(out[1].as_ref().unwrap(), "b");
+        assert!(out[2].is_err());
+        assert_eq!(
+            polled.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "nothing read after the error"
+        );
+    }
+
     #[test]
     fn the_plaintext_length_comes_from_the_last_two_blocks_wherever_they_lie() {
         let key = AesKey::from_key_string(&SecretString::new("tail test"));
