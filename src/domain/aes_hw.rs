@@ -14,10 +14,16 @@
 //! `--cfg aes_force_soft`); the caller then falls back to the `cbc` crate.
 
 #[cfg(all(target_arch = "x86_64", not(aes_force_soft)))]
-pub(crate) use x86::CbcEncryptHw;
+use x86 as arch;
 
 #[cfg(all(target_arch = "aarch64", not(aes_force_soft)))]
-pub(crate) use arm::CbcEncryptHw;
+use arm as arch;
+
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(aes_force_soft)
+))]
+pub(crate) use hw::CbcEncryptHw;
 
 #[cfg(any(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
@@ -25,26 +31,28 @@ pub(crate) use arm::CbcEncryptHw;
 ))]
 pub(crate) use stub::CbcEncryptHw;
 
-#[cfg(all(target_arch = "x86_64", not(aes_force_soft)))]
-mod x86 {
-    use std::arch::x86_64::{
-        __m128i, _MM_HINT_T0, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128,
-        _mm_loadu_si128, _mm_prefetch, _mm_shuffle_epi32, _mm_slli_si128, _mm_storeu_si128,
-        _mm_xor_si128,
-    };
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(aes_force_soft)
+))]
+const BLOCK: usize = 16;
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(aes_force_soft)
+))]
+const ROUND_KEYS: usize = 15;
 
+/// The state over either architecture's loop: the expanded key and the
+/// chaining value, only constructed once the instructions were detected.
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(aes_force_soft)
+))]
+mod hw {
+    use super::{BLOCK, ROUND_KEYS, arch};
     use zeroize::{Zeroize, ZeroizeOnDrop};
 
-    const BLOCK: usize = 16;
-    const ROUND_KEYS: usize = 15;
-    /// How far ahead of the block being encrypted the input is prefetched. The
-    /// loop touches memory slowly (16 bytes per ~14 dependent rounds), so the
-    /// hardware prefetchers, which stop at page boundaries, leave it waiting
-    /// on cache misses; asking early measured ~10% faster over 256 MiB.
-    const PREFETCH_AHEAD: usize = 2048;
-
     /// AES-256-CBC encryption state: the expanded key and the chaining value.
-    /// Only constructed once AES-NI has been detected at run time.
     #[derive(Zeroize, ZeroizeOnDrop)]
     pub(crate) struct CbcEncryptHw {
         round_keys: [[u8; BLOCK]; ROUND_KEYS],
@@ -52,14 +60,14 @@ mod x86 {
     }
 
     impl CbcEncryptHw {
-        /// `None` when this CPU has no AES-NI.
+        /// `None` when this CPU has no AES instructions.
         pub(crate) fn new(key: &[u8; 32], iv: &[u8; BLOCK]) -> Option<Self> {
-            if !std::arch::is_x86_feature_detected!("aes") {
+            if !arch::detected() {
                 return None;
             }
             let mut round_keys = [[0u8; BLOCK]; ROUND_KEYS];
-            // SAFETY: AES-NI was detected just above; SSE2 is part of x86_64.
-            unsafe { expand_key(key, &mut round_keys) };
+            // SAFETY: the AES instructions were detected just above.
+            unsafe { arch::expand_key(key, &mut round_keys) };
             Some(Self {
                 round_keys,
                 chain: *iv,
@@ -78,13 +86,66 @@ mod x86 {
             let dst = out.spare_capacity_mut()[..input.len()]
                 .as_mut_ptr()
                 .cast::<u8>();
-            // SAFETY: a `CbcEncryptHw` exists only if AES-NI was detected (`new`);
-            // `input` is whole blocks (asserted) and `dst` has room for its
-            // `input.len()` bytes (just reserved).
-            unsafe { cbc_encrypt(&self.round_keys, &mut self.chain, input, dst) };
+            // SAFETY: a `CbcEncryptHw` exists only if the AES instructions were
+            // detected (`new`); `input` is whole blocks (asserted) and `dst`
+            // has room for its `input.len()` bytes (just reserved).
+            unsafe { arch::cbc_encrypt(&self.round_keys, &mut self.chain, input, dst) };
             // SAFETY: `cbc_encrypt` wrote all `input.len()` bytes after the old length.
             unsafe { out.set_len(out.len() + input.len()) };
         }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn key_expansion_matches_fips_197_appendix_a3() {
+            if !arch::detected() {
+                eprintln!("no AES instructions on this CPU: skipped");
+                return;
+            }
+            let key: [u8; 32] =
+                hex::decode("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
+            let mut round_keys = [[0u8; BLOCK]; ROUND_KEYS];
+            // SAFETY: the AES instructions were detected above.
+            unsafe { arch::expand_key(&key, &mut round_keys) };
+            assert_eq!(
+                hex::encode(round_keys[2]),
+                "9ba354118e6925afa51a8b5f2067fcde"
+            );
+            assert_eq!(
+                hex::encode(round_keys[3]),
+                "a8b09c1a93d194cdbe49846eb75d5b9a"
+            );
+            assert_eq!(
+                hex::encode(round_keys[14]),
+                "fe4890d1e6188d0b046df344706c631e"
+            );
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", not(aes_force_soft)))]
+mod x86 {
+    use std::arch::x86_64::{
+        __m128i, _MM_HINT_T0, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128,
+        _mm_loadu_si128, _mm_prefetch, _mm_shuffle_epi32, _mm_slli_si128, _mm_storeu_si128,
+        _mm_xor_si128,
+    };
+
+    use super::{BLOCK, ROUND_KEYS};
+    /// How far ahead of the block being encrypted the input is prefetched. The
+    /// loop touches memory slowly (16 bytes per ~14 dependent rounds), so the
+    /// hardware prefetchers, which stop at page boundaries, leave it waiting
+    /// on cache misses; asking early measured ~10% faster over 256 MiB.
+    const PREFETCH_AHEAD: usize = 2048;
+
+    pub(super) fn detected() -> bool {
+        std::arch::is_x86_feature_detected!("aes")
     }
 
     #[inline(always)]
@@ -111,8 +172,11 @@ mod x86 {
     }
 
     /// AES-256 key expansion (FIPS-197 §5.2) into 15 round keys.
+    ///
+    /// # Safety
+    /// The CPU must support AES-NI.
     #[target_feature(enable = "aes,sse2")]
-    fn expand_key(key: &[u8; 32], out: &mut [[u8; BLOCK]; ROUND_KEYS]) {
+    pub(super) unsafe fn expand_key(key: &[u8; 32], out: &mut [[u8; BLOCK]; ROUND_KEYS]) {
         let (lo, hi) = key.split_at(BLOCK);
         let mut a = load(lo.try_into().expect("16 bytes"));
         let mut b = load(hi.try_into().expect("16 bytes"));
@@ -156,7 +220,7 @@ mod x86 {
     /// The CPU must support AES-NI (and SSE2, always there on x86_64); `input`
     /// must be whole blocks and `dst` valid for writing `input.len()` bytes.
     #[target_feature(enable = "aes,sse2")]
-    unsafe fn cbc_encrypt(
+    pub(super) unsafe fn cbc_encrypt(
         round_keys: &[[u8; BLOCK]; ROUND_KEYS],
         chain: &mut [u8; BLOCK],
         input: &[u8],
@@ -226,39 +290,6 @@ mod x86 {
         write(blocks - 1, last);
         store(chain, last);
     }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn key_expansion_matches_fips_197_appendix_a3() {
-            if !std::arch::is_x86_feature_detected!("aes") {
-                eprintln!("no AES-NI on this CPU: skipped");
-                return;
-            }
-            let key: [u8; 32] =
-                hex::decode("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
-                    .unwrap()
-                    .try_into()
-                    .unwrap();
-            let mut round_keys = [[0u8; BLOCK]; ROUND_KEYS];
-            // SAFETY: AES-NI was detected above.
-            unsafe { expand_key(&key, &mut round_keys) };
-            assert_eq!(
-                hex::encode(round_keys[2]),
-                "9ba354118e6925afa51a8b5f2067fcde"
-            );
-            assert_eq!(
-                hex::encode(round_keys[3]),
-                "a8b09c1a93d194cdbe49846eb75d5b9a"
-            );
-            assert_eq!(
-                hex::encode(round_keys[14]),
-                "fe4890d1e6188d0b046df344706c631e"
-            );
-        }
-    }
 }
 
 #[cfg(all(target_arch = "aarch64", not(aes_force_soft)))]
@@ -268,53 +299,12 @@ mod arm {
         vld1q_u8, vreinterpretq_u8_u32, vreinterpretq_u32_u8, vst1q_u8,
     };
 
-    use zeroize::{Zeroize, ZeroizeOnDrop};
+    use zeroize::Zeroize;
 
-    const BLOCK: usize = 16;
-    const ROUND_KEYS: usize = 15;
+    use super::{BLOCK, ROUND_KEYS};
 
-    /// AES-256-CBC encryption state: the expanded key and the chaining value.
-    /// Only constructed once the AES instructions have been detected at run time.
-    #[derive(Zeroize, ZeroizeOnDrop)]
-    pub(crate) struct CbcEncryptHw {
-        round_keys: [[u8; BLOCK]; ROUND_KEYS],
-        chain: [u8; BLOCK],
-    }
-
-    impl CbcEncryptHw {
-        /// `None` when this CPU has no AES instructions.
-        pub(crate) fn new(key: &[u8; 32], iv: &[u8; BLOCK]) -> Option<Self> {
-            if !std::arch::is_aarch64_feature_detected!("aes") {
-                return None;
-            }
-            let mut round_keys = [[0u8; BLOCK]; ROUND_KEYS];
-            // SAFETY: the AES instructions were detected just above.
-            unsafe { expand_key(key, &mut round_keys) };
-            Some(Self {
-                round_keys,
-                chain: *iv,
-            })
-        }
-
-        /// Encrypts the block-aligned `input` and appends the ciphertext to
-        /// `out`, carrying the chaining value over to the next call.
-        #[inline]
-        pub(crate) fn encrypt_append(&mut self, input: &[u8], out: &mut Vec<u8>) {
-            assert!(
-                input.len().is_multiple_of(BLOCK),
-                "CBC input must be whole blocks"
-            );
-            out.reserve(input.len());
-            let dst = out.spare_capacity_mut()[..input.len()]
-                .as_mut_ptr()
-                .cast::<u8>();
-            // SAFETY: a `CbcEncryptHw` exists only if the AES instructions were
-            // detected (`new`); `input` is whole blocks (asserted) and `dst` has
-            // room for its `input.len()` bytes (just reserved).
-            unsafe { cbc_encrypt(&self.round_keys, &mut self.chain, input, dst) };
-            // SAFETY: `cbc_encrypt` wrote all `input.len()` bytes after the old length.
-            unsafe { out.set_len(out.len() + input.len()) };
-        }
+    pub(super) fn detected() -> bool {
+        std::arch::is_aarch64_feature_detected!("aes")
     }
 
     /// SubWord (FIPS-197 §5.2) with the AES instruction, in constant time: with
@@ -328,8 +318,11 @@ mod arm {
     }
 
     /// AES-256 key expansion (FIPS-197 §5.2) into 15 round keys.
+    ///
+    /// # Safety
+    /// The CPU must have the AES instructions.
     #[target_feature(enable = "aes")]
-    fn expand_key(key: &[u8; 32], out: &mut [[u8; BLOCK]; ROUND_KEYS]) {
+    pub(super) unsafe fn expand_key(key: &[u8; 32], out: &mut [[u8; BLOCK]; ROUND_KEYS]) {
         const RCON: [u32; 7] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40];
         // Words as the bytes lie in memory (little-endian lanes): RotWord is
         // then a rotation right by one byte, and Rcon goes in the low byte.
@@ -361,7 +354,7 @@ mod arm {
     /// The CPU must have the AES instructions; `input` must be whole blocks
     /// and `dst` valid for writing `input.len()` bytes.
     #[target_feature(enable = "aes")]
-    unsafe fn cbc_encrypt(
+    pub(super) unsafe fn cbc_encrypt(
         round_keys: &[[u8; BLOCK]; ROUND_KEYS],
         chain: &mut [u8; BLOCK],
         input: &[u8],
@@ -430,39 +423,6 @@ mod arm {
         write(blocks - 1, last);
         // SAFETY: `chain` is 16 writable bytes.
         unsafe { vst1q_u8(chain.as_mut_ptr(), last) };
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn key_expansion_matches_fips_197_appendix_a3() {
-            if !std::arch::is_aarch64_feature_detected!("aes") {
-                eprintln!("no AES instructions on this CPU: skipped");
-                return;
-            }
-            let key: [u8; 32] =
-                hex::decode("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
-                    .unwrap()
-                    .try_into()
-                    .unwrap();
-            let mut round_keys = [[0u8; BLOCK]; ROUND_KEYS];
-            // SAFETY: the AES instructions were detected above.
-            unsafe { expand_key(&key, &mut round_keys) };
-            assert_eq!(
-                hex::encode(round_keys[2]),
-                "9ba354118e6925afa51a8b5f2067fcde"
-            );
-            assert_eq!(
-                hex::encode(round_keys[3]),
-                "a8b09c1a93d194cdbe49846eb75d5b9a"
-            );
-            assert_eq!(
-                hex::encode(round_keys[14]),
-                "fe4890d1e6188d0b046df344706c631e"
-            );
-        }
     }
 }
 

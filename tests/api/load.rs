@@ -208,6 +208,21 @@ async fn a_cdn_read_cut_midway_resumes_from_where_it_stopped() {
     assert_eq!(app.cache.data(FOLDER, "m.bin").unwrap(), big);
 }
 
+/// The client sees the load fail (at the request, or in a body that was
+/// already under way), never a clean end.
+async fn assert_load_fails_midway(app: &TestApp, name: &str) {
+    let sent = app
+        .client
+        .post(app.url(&format!("/load/{name}")))
+        .json(&json!({"folder": FOLDER}))
+        .send()
+        .await;
+    match sent {
+        Ok(r) => assert!(r.bytes().await.is_err(), "the body must not end cleanly"),
+        Err(e) => assert!(!e.is_status(), "{e}"),
+    }
+}
+
 #[tokio::test]
 async fn a_cdn_read_is_resumed_three_times_and_no_more() {
     let app = TestApp::logged_in().await;
@@ -234,16 +249,7 @@ async fn a_cdn_read_is_resumed_three_times_and_no_more() {
     for _ in 0..4 {
         app.store.cut_next_read(50_000);
     }
-    let sent = app
-        .client
-        .post(app.url("/load/m.bin"))
-        .json(&json!({"folder": FOLDER}))
-        .send()
-        .await;
-    match sent {
-        Ok(r) => assert!(r.bytes().await.is_err(), "the body must not end cleanly"),
-        Err(e) => assert!(!e.is_status(), "{e}"),
-    }
+    assert_load_fails_midway(&app, "m.bin").await;
     assert_eq!(
         big_gets(&app)[4..],
         [0, 50_000, 100_000, 150_000],
@@ -261,18 +267,8 @@ async fn a_damaged_cdn_big_part_ends_the_body_in_an_error_and_is_not_cached() {
     let n = bad.len();
     bad[n - 20] ^= 0xff; // the second-to-last block: garbles the padding
     app.store.put_object(FOLDER, "m.bin.big", bad);
-    // The damage shows only at the end, after the headers may have gone out: the
-    // client must see the transfer fail (at the request or in the body), never a clean end.
-    let sent = app
-        .client
-        .post(app.url("/load/m.bin"))
-        .json(&json!({"folder": FOLDER}))
-        .send()
-        .await;
-    match sent {
-        Ok(r) => assert!(r.bytes().await.is_err(), "the body must not end cleanly"),
-        Err(e) => assert!(!e.is_status(), "{e}"),
-    }
+    // The damage shows only at the end, after the headers may have gone out.
+    assert_load_fails_midway(&app, "m.bin").await;
     assert!(!app.cache.contains(FOLDER, "m.bin"));
 }
 
