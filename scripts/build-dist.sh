@@ -96,10 +96,33 @@ for arch in "${archs[@]}"; do
     [ "$aes_count" -gt 0 ] || die "$arch: no $aes_pattern instructions in $binary (software AES only)"
     say "$arch: $binary, $(stat -c %s "$binary") bytes, needs glibc >= $newest (<= $GLIBC_MAX), $aes_count AES instructions ($aes_pattern)"
 
+    # The manual pages and shell completions the .deb installs, from this
+    # build's own command line (a binary that runs here: this one, the amd64
+    # one, or this one under qemu).
+    docs_binary=()
+    if "$binary" --version >/dev/null 2>&1; then
+        docs_binary=("$binary")
+    elif [ -x dist/amd64/azaion-loader ] && dist/amd64/azaion-loader --version >/dev/null 2>&1; then
+        docs_binary=(dist/amd64/azaion-loader)
+    elif command -v qemu-aarch64-static >/dev/null 2>&1 && [ "$arch" = arm64 ]; then
+        docs_binary=(qemu-aarch64-static -L /usr/aarch64-linux-gnu "$binary")
+    else
+        die "$arch: no binary of this build runs here to write the manual pages (build amd64 too)"
+    fi
+    rm -rf dist/share && mkdir -p dist/share/man/man1 dist/share/completions
+    "${docs_binary[@]}" man --dir dist/share/man/man1
+    gzip -9n dist/share/man/man1/*.1
+    "${docs_binary[@]}" completions bash >dist/share/completions/azaion-loader.bash
+    "${docs_binary[@]}" completions zsh >dist/share/completions/_azaion-loader
+    "${docs_binary[@]}" completions fish >dist/share/completions/azaion-loader.fish
+    if ls dist/share/man/man1 | grep -q -- '-dev\.1'; then
+        die "$arch: the manual documents the dev command, which the shipped binary lacks"
+    fi
+
     deb="$(cargo deb --no-build --no-strip --target "$triple" --output dist/ 2>&1 | tail -n 1)"
     [ -f "$deb" ] || die "$arch: cargo deb wrote no package ($deb)"
     say "$arch: $deb ($((SECONDS - started)) s)"
 done
-(cd dist && find . -path ./unit -prune -o -type f \( -name '*.deb' -o -name azaion-loader \) -print | sort | sed 's#^\./##' | xargs sha256sum > SHA256SUMS)
+(cd dist && find . \( -path ./unit -o -path ./share \) -prune -o -type f \( -name '*.deb' -o -name azaion-loader \) -print | sort | sed 's#^\./##' | xargs sha256sum > SHA256SUMS)
 say "dist/SHA256SUMS:"
 sed 's/^/    /' dist/SHA256SUMS

@@ -76,6 +76,13 @@ getent group azaion-loader >/dev/null || fail "no azaion-loader group"
 unit=/usr/lib/systemd/system/azaion-loader.service
 [ -L /etc/systemd/system/multi-user.target.wants/azaion-loader.service ] || fail "the unit is not enabled"
 echo "PASS: user, group, /etc/azaion, token 0640, unit enabled"
+for doc in /usr/share/man/man1/azaion-loader.1.gz /usr/share/man/man1/azaion-loader-serve.1.gz \
+    /usr/share/bash-completion/completions/azaion-loader /usr/share/zsh/vendor-completions/_azaion-loader \
+    /usr/share/fish/vendor_completions.d/azaion-loader.fish; do
+    [ -s "$doc" ] || fail "no $doc"
+done
+zcat /usr/share/man/man1/azaion-loader.1.gz | grep -q '^\.TH azaion-loader 1' || fail "the manual page is not roff"
+echo "PASS: manual pages and bash, zsh and fish completions installed"
 # verify: the unit's syntax and its ExecStart (found on systemd's own path).
 # It needs a cgroup file system to start its manager (this namespace's own mounts).
 mount -t sysfs sysfs /sys && mount -t cgroup2 cgroup2 /sys/fs/cgroup ||

@@ -19,6 +19,8 @@ const COMMANDS: &[&str] = &[
     "unlock",
     "hardware",
     "status",
+    "completions",
+    "man",
 ];
 
 #[test]
@@ -31,6 +33,47 @@ fn the_help_of_every_command_contains_an_example() {
             outcome.stdout
         );
     }
+}
+
+#[test]
+fn completions_name_every_command_for_bash_zsh_and_fish() {
+    for (shell, marker) in [
+        ("bash", "-o default azaion-loader"),
+        ("zsh", "#compdef azaion-loader"),
+        ("fish", "complete -c azaion-loader"),
+    ] {
+        let script = run_ok(&["completions", shell]).stdout;
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in COMMANDS {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let outcome = run(&["completions", "tcsh"]);
+    assert_eq!(outcome.code, Some(2), "{outcome:?}");
+    assert!(outcome.stderr.contains("possible values"), "{outcome:?}");
+}
+
+#[test]
+fn man_prints_the_top_page_or_writes_one_page_per_command() {
+    let page = run_ok(&["man"]).stdout;
+    assert!(page.contains(".TH azaion-loader 1"), "{page}");
+    for command in COMMANDS {
+        // roff escapes each hyphen.
+        let escaped = format!("azaion\\-loader\\-{}(1)", command.replace('-', "\\-"));
+        assert!(page.contains(&escaped), "the top page lacks {escaped}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("man1");
+    run_ok(&["man", "--dir", path(&pages)]);
+    let mut expected: Vec<String> = COMMANDS
+        .iter()
+        .map(|command| format!("azaion-loader-{command}.1"))
+        .chain(["azaion-loader.1".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(crate::support::names_in(&pages), expected);
+    let serve = std::fs::read_to_string(pages.join("azaion-loader-serve.1")).unwrap();
+    assert!(serve.contains("RESOURCE_API_URL"), "{serve}");
 }
 
 #[test]

@@ -12,16 +12,16 @@ pub mod status;
 pub mod unlock;
 
 use std::future::Future;
+use std::io::Write;
 #[cfg(feature = "dev-stack")]
 use std::net::SocketAddr;
-#[cfg(feature = "dev-stack")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use super::config::ServeArgs;
@@ -179,7 +179,35 @@ pub enum Command {
     /// Show the health, login and unlock state of a running loader.
     #[command(after_help = STATUS_EXAMPLES)]
     Status(status::StatusArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a folder.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man {
+        /// Write azaion-loader.1 and azaion-loader-COMMAND.1 for every command here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  azaion-loader completions bash > /usr/share/bash-completion/completions/azaion-loader
+  azaion-loader completions zsh > \"${fpath[1]}/_azaion-loader\"
+  azaion-loader completions fish > ~/.config/fish/completions/azaion-loader.fish
+
+The .deb installs the bash, zsh and fish scripts.";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  azaion-loader man | man -l -
+  azaion-loader man --dir /usr/local/share/man/man1
+
+The .deb installs every page.";
 
 /// Why a command failed; each kind has its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -430,6 +458,43 @@ async fn dispatch(command: Command, mode: ProgressMode) -> Result<(), CliError> 
         Command::Unlock(args) => interruptible(unlock::run(args, mode)).await,
         Command::Hardware => hardware::run().await,
         Command::Status(args) => interruptible(status::run(args)).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "azaion-loader", &mut script);
+            print_stdout(&script, "the completion script")
+        }
+        Command::Man { dir } => man_pages(dir),
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn print_stdout(bytes: &[u8], what: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::io(format!("writing {what}"), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The manual: the top page on stdout, or every page into `dir`.
+fn man_pages(dir: Option<PathBuf>) -> Result<(), CliError> {
+    let command = Cli::command();
+    match dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map_err(|e| CliError::io("rendering the manual page".into(), e))?;
+            print_stdout(&page, "the manual page")
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| CliError::io(format!("creating {}", dir.display()), e))?;
+            clap_mangen::generate_to(command, &dir)
+                .map_err(|e| CliError::io(format!("writing the pages into {}", dir.display()), e))
+        }
     }
 }
 
@@ -463,7 +528,6 @@ pub fn run(cli: Cli) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_definition_is_consistent() {
