@@ -20,7 +20,7 @@
 #     EnvironmentFile=, as its User=/Group=, with its RuntimeDirectory= and
 #     CacheDirectory= (what systemd would do; no systemd runs in a chroot),
 #     and `azaion-loader status` answers healthy on its Unix socket with the
-#     token; SIGTERM stops it with exit status 0;
+#     token; SIGTERM stops it with exit status 143;
 #   - `dpkg --purge` removes the binary, the token and the user's files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -123,7 +123,8 @@ echo "PASS: the service runs as $user on $socket_listen; azaion-loader status: $
 [ "$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status")" = "$(id -u "$user")" ] || fail "the service does not run as $user"
 kill -TERM "$pid"
 status=0; wait "$pid" || status=$?
-[ "$status" = 0 ] || { cat /tmp/serve.log; fail "SIGTERM: exit status $status"; }
+# 143 = 128 + SIGTERM, after the requests in flight (the unit's SuccessExitStatus=143).
+[ "$status" = 143 ] || { cat /tmp/serve.log; fail "SIGTERM: exit status $status"; }
 echo "PASS: SIGTERM stops it (exit $status)"
 
 dpkg --purge azaion-loader >/tmp/purge.log 2>&1 || { cat /tmp/purge.log; fail "dpkg --purge"; }

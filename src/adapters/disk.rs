@@ -7,6 +7,23 @@ use std::path::{Path, PathBuf};
 /// How many bytes a [`FreeSpaceFloor`] lets through between two statvfs calls.
 const CHECK_EVERY: u64 = 4 << 20;
 
+/// The permission bits of a secret file (a token, a stored password) when
+/// others may read or write it, or its group may write it; `None` when it
+/// is private enough (0600, or 0640 for a group of trusted readers).
+pub fn exposed_mode(metadata: &std::fs::Metadata) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o7777;
+        (mode & 0o026 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        None
+    }
+}
+
 /// Bytes an unprivileged process may still write on the file system of `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
     let stat = rustix::fs::statvfs(path).map_err(io::Error::from)?;

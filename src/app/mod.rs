@@ -5,6 +5,7 @@
 
 pub mod decrypt_file;
 pub mod ranged;
+pub mod readiness;
 pub mod resources;
 pub mod session;
 pub mod unlock;

@@ -112,6 +112,11 @@ pub trait BigPartCache: Send + Sync {
     async fn make_room(&self) -> Result<(), CacheError>;
 
     async fn entries(&self) -> Result<Vec<CachedEntry>, CacheError>;
+
+    /// Whether an entry could be written right now: the folder takes a new
+    /// file and its file system has more free space than the floor
+    /// (`NoRoom` otherwise). For `GET /ready` (issue 13).
+    async fn check_writable(&self) -> Result<(), CacheError>;
 }
 
 #[async_trait]

@@ -7,6 +7,7 @@ pub mod compose;
 pub mod config;
 #[cfg(feature = "dev-stack")]
 pub mod dev;
+pub mod systemd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::adapters::inbound::http::{self, AppState, UploadLimits};
 use crate::adapters::outbound::metered::{
     UpstreamMetrics, metered_api, metered_cache, metered_cdn,
 };
+use crate::app::readiness::{Backoff, Readiness};
 use crate::app::resources::{self, ResourceService};
 use crate::app::session::SessionService;
 use crate::app::unlock::{UnlockService, UnlockSettings};
@@ -82,7 +84,15 @@ pub fn app_state(config: &Config, ports: Ports) -> AppState {
                 timeout: config.limits.unlock_timeout,
             },
         ));
+        let readiness = Arc::new(Readiness::new(
+            session.clone(),
+            ports.cache.clone(),
+            unlock.clone(),
+            ports.clock.clone(),
+            !config.expected_images.is_empty(),
+        ));
         AppState {
+            readiness,
             session,
             resources,
             unlock,
@@ -128,6 +138,8 @@ pub struct Application {
     policy: CallerPolicy,
     header_read_timeout: Duration,
     max_connections: usize,
+    /// Stored credentials to log in with once serving, until it works.
+    auto_login: Option<(crate::ports::Credentials, Backoff)>,
 }
 
 impl Application {
@@ -148,7 +160,19 @@ impl Application {
             policy,
             header_read_timeout: HEADER_READ_TIMEOUT,
             max_connections: config.limits.max_connections.max(1),
+            auto_login: None,
         })
+    }
+
+    /// Logs in with `credentials` as soon as it serves, and again with
+    /// `backoff` until it works (`GET /ready` shows how it goes).
+    pub fn with_auto_login(
+        mut self,
+        credentials: Option<crate::ports::Credentials>,
+        backoff: Backoff,
+    ) -> Self {
+        self.auto_login = credentials.map(|c| (c, backoff));
+        self
     }
 
     /// Overrides [`HEADER_READ_TIMEOUT`] (tests use a short one).
@@ -196,6 +220,15 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
         grace: Duration,
     ) -> std::io::Result<()> {
+        // Stops with the server (the handle aborts the task when dropped).
+        let _auto_login = self.auto_login.map(|(credentials, backoff)| {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                self.state
+                    .readiness
+                    .clone()
+                    .log_in_until_it_works(credentials, backoff),
+            ))
+        });
         let router = http::router(self.state, self.policy);
         http::serve::serve(
             self.listener,

@@ -70,6 +70,12 @@ impl TestApp {
         Self::build(|_| {}, true).await
     }
 
+    /// [`TestApp::spawn_with_fs_cache`] with `adjust` applied to the
+    /// configuration first (its free-space floor reaches the cache).
+    pub async fn spawn_with_fs_cache_and(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::build(adjust, true).await
+    }
+
     async fn build(adjust: impl FnOnce(&mut Config), fs_cache: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::defaults();
@@ -97,7 +103,8 @@ impl TestApp {
                         config.model_cache_dir.clone(),
                         None,
                     )
-                    .expect("fs cache opens"),
+                    .expect("fs cache opens")
+                    .with_min_free_bytes(config.limits.min_free_bytes),
                 )
             } else {
                 Arc::new(cache.clone())
@@ -110,7 +117,18 @@ impl TestApp {
         let app = Application::build(&config, ports)
             .await
             .expect("app builds")
-            .with_header_read_timeout(Duration::from_millis(500));
+            .with_header_read_timeout(Duration::from_millis(500))
+            // Stored credentials, as `serve` reads them; retried every 50 ms.
+            .with_auto_login(
+                config.credentials_file.as_deref().map(|path| {
+                    crate::startup::config::credentials::read(path).expect("credentials file")
+                }),
+                crate::app::readiness::Backoff {
+                    first: Duration::from_millis(50),
+                    max: Duration::from_millis(50),
+                    refused: Duration::from_millis(50),
+                },
+            );
         let addr = app.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(app.serve(async {

@@ -10,6 +10,7 @@ mod login_and_status;
 mod metrics;
 mod openapi;
 mod page;
+mod ready;
 mod security;
 mod support;
 mod unlock;

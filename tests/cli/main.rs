@@ -4,5 +4,6 @@
 
 mod commands;
 mod files;
+mod service;
 mod support;
 mod unlock;

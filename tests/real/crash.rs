@@ -278,7 +278,11 @@ async fn sigterm_lets_a_download_in_flight_finish_and_refuses_new_connections() 
     }
     assert_eq!(hasher.finalize(), Sha256::digest(&plain));
     let status = loader.child.wait().unwrap();
-    assert!(status.success(), "clean exit after the grace: {status:?}");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "exit 128 + SIGTERM after the grace: {status:?}"
+    );
     assert_eq!(
         cache_files(&dir.path().join("cache")),
         vec!["models/big.bin.big".to_owned()]

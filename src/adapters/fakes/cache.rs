@@ -228,6 +228,14 @@ impl BigPartCache for FakeCache {
         list.sort_by(|a, b| (&a.folder, &a.name).cmp(&(&b.folder, &b.name)));
         Ok(list)
     }
+
+    async fn check_writable(&self) -> Result<(), CacheError> {
+        if lock(&self.state).fail_writes {
+            Err(CacheError::NoRoom { floor: 0 })
+        } else {
+            Ok(())
+        }
+    }
 }
 
 struct FakeCacheWriter {

@@ -489,6 +489,10 @@ impl BigPartCache for MeteredCache {
     async fn entries(&self) -> Result<Vec<CachedEntry>, CacheError> {
         self.inner.entries().await
     }
+
+    async fn check_writable(&self) -> Result<(), CacheError> {
+        self.inner.check_writable().await
+    }
 }
 
 struct MeteredWriter {

@@ -30,6 +30,7 @@ use super::config::{DEFAULT_LISTEN, parse_image_list};
 #[cfg(feature = "dev-stack")]
 use super::dev;
 use super::{Application, compose::real_ports};
+use crate::app::readiness::Backoff;
 use progress::ProgressMode;
 
 #[derive(Parser)]
@@ -229,6 +230,10 @@ pub enum CliError {
     /// Ctrl-C, SIGTERM or SIGHUP (exit 130).
     #[error("interrupted")]
     Interrupted,
+    /// `serve` stopped by a signal after its requests in flight (exit 128 +
+    /// the signal's number: 143 for SIGTERM).
+    #[error("stopped by {}", .0.name())]
+    Stopped(StopSignal),
 }
 
 impl CliError {
@@ -240,6 +245,7 @@ impl CliError {
         match self {
             Self::Usage(_) => 2,
             Self::Interrupted => 130,
+            Self::Stopped(signal) => signal.exit_code(),
             Self::Io { .. } | Self::Unreachable(_) | Self::Failed(_) => 1,
         }
     }
@@ -274,8 +280,36 @@ fn init_logging(json: bool, default_filter: &str) {
     }
 }
 
-/// Resolves on Ctrl-C, SIGTERM or SIGHUP; never, if none can be listened for.
-async fn interrupted() {
+/// A signal that stops the process; a stopped `serve` exits 128 + its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+impl StopSignal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Interrupt => "SIGINT",
+            Self::Terminate => "SIGTERM",
+            Self::Hangup => "SIGHUP",
+        }
+    }
+
+    /// 128 + the signal's number, as a shell reports a process it killed.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
+            Self::Hangup => 129,
+        }
+    }
+}
+
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP with which it was; never, if none
+/// can be listened for.
+async fn interrupted() -> StopSignal {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -299,12 +333,13 @@ async fn interrupted() {
     #[cfg(not(unix))]
     let (term, hangup) = (std::future::pending::<()>(), std::future::pending::<()>());
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-        _ = hangup => {},
+        _ = ctrl_c => StopSignal::Interrupt,
+        _ = term => StopSignal::Terminate,
+        _ = hangup => StopSignal::Hangup,
     }
 }
 
+#[cfg(feature = "dev-stack")]
 async fn shutdown_signal() {
     interrupted().await;
     tracing::info!("shutting down: no new connections; requests in flight may finish");
@@ -348,14 +383,57 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         .map_err(CliError::Usage)?;
     // A token file that others may read is refused before anything is bound.
     super::caller_policy(&config).map_err(|e| CliError::Usage(e.to_string()))?;
+    // So is a credentials file that others may read (issue 13).
+    let credentials = config
+        .credentials_file
+        .as_deref()
+        .map(super::config::credentials::read)
+        .transpose()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let ports = real_ports(&config).map_err(CliError::Failed)?;
     let app = Application::build(&config, ports)
         .await
-        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", config.listen)))?
+        .with_auto_login(credentials, Backoff::default());
     tracing::info!("listening on {}", app.endpoint());
-    app.serve(shutdown_signal())
+    // systemd (Type=notify): ready once bound, a watchdog ping while the
+    // runtime runs, stopping at the signal (issue 13).
+    let notifier = super::systemd::Notifier::from_env().map(Arc::new);
+    let _watchdog = notifier.clone().and_then(|notifier| {
+        let every = super::systemd::watchdog_interval()?;
+        Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    ticks.tick().await;
+                    notifier.notify("WATCHDOG=1");
+                }
+            },
+        )))
+    });
+    if let Some(notifier) = &notifier {
+        notifier.notify(&format!("READY=1\nSTATUS=listening on {}", app.endpoint()));
+    }
+    let (stopped_by, stop) = tokio::sync::oneshot::channel();
+    let shutdown = async move {
+        let signal = interrupted().await;
+        tracing::info!(
+            "{}: shutting down; no new connections, requests in flight may finish",
+            signal.name()
+        );
+        if let Some(notifier) = &notifier {
+            notifier.notify("STOPPING=1\nSTATUS=finishing the requests in flight");
+        }
+        let _ = stopped_by.send(signal);
+    };
+    app.serve(shutdown)
         .await
-        .map_err(|e| CliError::Failed(format!("serving failed: {e}")))
+        .map_err(|e| CliError::Failed(format!("serving failed: {e}")))?;
+    // Stopped by a signal: exit as a shell would report it (SIGTERM: 143).
+    match stop.await {
+        Ok(signal) => Err(CliError::Stopped(signal)),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Issue 15: which AES runs, a warning when it is the software one.

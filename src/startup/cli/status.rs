@@ -16,12 +16,21 @@ pub struct StatusArgs {
     #[arg(long, env = "LOADER_URL")]
     url: Option<String>,
     /// The loader's listen setting, as `serve` takes it: an address, or
-    /// `unix:/path/loader.sock` (used when no --url is given).
-    #[arg(long, env = "LOADER_LISTEN", default_value = crate::startup::config::DEFAULT_LISTEN)]
-    listen: crate::startup::config::Listen,
+    /// `unix:/path/loader.sock` (used when no --url is given) [default:
+    /// the --config file's, else 127.0.0.1:8080].
+    #[arg(long, env = "LOADER_LISTEN")]
+    listen: Option<crate::startup::config::Listen>,
     /// The client token's file, as `serve` takes it (sent as `Authorization: Bearer`).
     #[arg(long, env = "LOADER_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// `serve`'s TOML configuration file: its `listen` and `token_file` are
+    /// used unless given above.
+    #[arg(long, env = "LOADER_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Exit non-zero unless the loader is ready to serve a model
+    /// (`GET /ready`), not only alive (for a healthcheck that clients wait on).
+    #[arg(long)]
+    ready: bool,
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_secs: u64,
@@ -176,35 +185,96 @@ async fn get_json(
         .map_err(|e| CliError::Failed(format!("{url} did not answer JSON: {e}")))
 }
 
+/// The listen address and token file as `serve` resolves them: flags and
+/// environment over the `--config` file over the defaults.
+pub fn resolve_listen(
+    listen: Option<crate::startup::config::Listen>,
+    token_file: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+) -> Result<(crate::startup::config::Listen, Option<std::path::PathBuf>), CliError> {
+    let args = crate::startup::config::ServeArgs {
+        config,
+        listen,
+        token_file,
+        ..Default::default()
+    };
+    let resolved = args
+        .resolve()
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .config;
+    Ok((resolved.listen, resolved.limits.token_file))
+}
+
 pub async fn run(args: StatusArgs) -> Result<(), CliError> {
+    let (listen, token_file) = resolve_listen(args.listen, args.token_file, args.config)?;
     let LoaderEndpoint {
         base,
         shown,
         client,
     } = endpoint(
         args.url.as_deref(),
-        &args.listen,
-        args.token_file.as_deref(),
+        &listen,
+        token_file.as_deref(),
         Duration::from_secs(args.timeout_secs),
     )?;
     let health = get_json(&client, &base, &shown, "/health").await?;
     let status = get_json(&client, &base, &shown, "/status").await?;
     let unlock = get_json(&client, &base, &shown, "/unlock/status").await?;
+    let ready = get_ready(&client, &base, &shown).await?;
     let base = shown;
     if args.json {
         println!(
             "{}",
-            json!({"url": base, "health": health, "status": status, "unlock": unlock})
+            json!({"url": base, "health": health, "status": status, "unlock": unlock, "ready": ready})
         );
     } else {
-        print!("{}", render(&base, &health, &status, &unlock));
+        print!("{}", render(&base, &health, &status, &unlock, &ready));
     }
     if health.get("status").and_then(Value::as_str) != Some("healthy") {
         return Err(CliError::Failed(format!(
             "the loader at {base} is not healthy"
         )));
     }
+    if args.ready && ready.get("ready").and_then(Value::as_bool) != Some(true) {
+        return Err(CliError::Failed(format!(
+            "the loader at {base} is not ready: {}",
+            missing_line(&ready)
+        )));
+    }
     Ok(())
+}
+
+/// `GET /ready`: its body whether 200 or 503 (both are answers).
+async fn get_ready(client: &reqwest::Client, base: &str, shown: &str) -> Result<Value, CliError> {
+    let response = client
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .map_err(|e| CliError::Unreachable(format!("{shown}/ready: {}", chain(&e))))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::SERVICE_UNAVAILABLE || status.is_success() {
+        response
+            .json()
+            .await
+            .map_err(|e| CliError::Failed(format!("{shown}/ready did not answer JSON: {e}")))
+    } else {
+        Err(CliError::Failed(format!("{shown}/ready answered {status}")))
+    }
+}
+
+/// What `/ready` found missing, on one line: `login (not logged in: ...); cache (...)`.
+fn missing_line(ready: &Value) -> String {
+    ready
+        .get("missing")
+        .and_then(Value::as_array)
+        .map(|missing| {
+            missing
+                .iter()
+                .map(|m| format!("{} ({})", text(m, "check"), text(m, "detail")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
 }
 
 fn text<'a>(value: &'a Value, key: &str) -> &'a str {
@@ -212,7 +282,7 @@ fn text<'a>(value: &'a Value, key: &str) -> &'a str {
 }
 
 /// The answers as aligned `name  value` lines.
-pub fn render(base: &str, health: &Value, status: &Value, unlock: &Value) -> String {
+pub fn render(base: &str, health: &Value, status: &Value, unlock: &Value, ready: &Value) -> String {
     let authenticated = match status.get("authenticated").and_then(Value::as_bool) {
         Some(true) => "yes",
         Some(false) => "no",
@@ -239,9 +309,15 @@ pub fn render(base: &str, health: &Value, status: &Value, unlock: &Value) -> Str
         " (for {})",
         human_duration(Duration::from_millis(elapsed_ms))
     ));
+    let ready_line = match ready.get("ready").and_then(Value::as_bool) {
+        Some(true) => "yes".to_owned(),
+        Some(false) => format!("no: {}", missing_line(ready)),
+        None => "?".to_owned(),
+    };
     let mut lines = vec![
         ("loader", base.to_owned()),
         ("health", text(health, "status").to_owned()),
+        ("ready", ready_line),
         ("authenticated", authenticated.to_owned()),
         ("model cache", text(status, "modelCacheDir").to_owned()),
         ("unlock", unlock_line),
@@ -266,11 +342,13 @@ mod tests {
             &json!({"status": "healthy"}),
             &json!({"status": "healthy", "authenticated": false, "modelCacheDir": "/c"}),
             &json!({"state": "idle", "error": null, "progress": {"bytes_done": 0, "bytes_total": 0, "phase_elapsed_ms": 1500}}),
+            &json!({"ready": false, "missing": [{"check": "login", "detail": "not logged in"}]}),
         );
         assert_eq!(
             text,
             "loader         http://127.0.0.1:8080\n\
              health         healthy\n\
+             ready          no: login (not logged in)\n\
              authenticated  no\n\
              model cache    /c\n\
              unlock         idle (for 1s)\n"
@@ -284,7 +362,9 @@ mod tests {
             &json!({"status": "healthy"}),
             &json!({"authenticated": true}),
             &json!({"state": "decrypting", "progress": {"bytes_done": 512, "bytes_total": 2048, "phase_elapsed_ms": 61000}}),
+            &json!({"ready": true, "missing": []}),
         );
+        assert!(text.contains("ready          yes\n"), "{text}");
         assert!(
             text.contains("unlock         decrypting, 25% of 2.0 KiB (for 1m01s)"),
             "{text}"
@@ -294,6 +374,7 @@ mod tests {
             &json!({}),
             &json!({}),
             &json!({"state": "error", "error": "login refused"}),
+            &json!({}),
         );
         assert!(text.contains("unlock error   login refused"), "{text}");
     }

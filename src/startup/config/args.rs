@@ -17,6 +17,8 @@ pub enum Origin {
     /// A `serve` flag or its environment variable.
     FlagOrEnv,
     File,
+    /// systemd's `LoadCredential=` (`$CREDENTIALS_DIRECTORY`).
+    Systemd,
     Default,
 }
 
@@ -25,6 +27,7 @@ impl fmt::Display for Origin {
         f.write_str(match self {
             Self::FlagOrEnv => "flag or env",
             Self::File => "file",
+            Self::Systemd => "systemd credential",
             Self::Default => "default",
         })
     }
@@ -142,6 +145,12 @@ pub struct ServeArgs {
     /// Connections served at once, 1-65536 [default: 512].
     #[arg(long, env = "LOADER_MAX_CONNECTIONS")]
     pub max_connections: Option<u64>,
+    /// File with `email=` and `password=` lines: the loader logs in at start
+    /// and retries with backoff until it works (`GET /ready` shows how it
+    /// goes). Must not be readable by others. Without it, systemd's
+    /// `LoadCredential=login:PATH` is used when given [default: none].
+    #[arg(long, env = "LOADER_CREDENTIALS_FILE")]
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// `value` within `low..=high`, or why not.
@@ -238,13 +247,22 @@ impl ServeArgs {
     /// Flags over environment (clap) over the `--config` file over the defaults.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
         self.check()?;
-        match self.config.clone() {
+        let mut resolved = match self.config.clone() {
             Some(path) => {
                 let file = file::load(&path)?;
-                Ok(self.merge(file, Some(path)))
+                self.merge(file, Some(path))
             }
-            None => Ok(self.merge(ServeArgs::default(), None)),
+            None => self.merge(ServeArgs::default(), None),
+        };
+        if resolved.config.credentials_file.is_none()
+            && let Some(path) = credentials::from_systemd(
+                std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            )
+        {
+            resolved.config.credentials_file = Some(path);
+            resolved.origins.insert("credentials_file", Origin::Systemd);
         }
+        Ok(resolved)
     }
 
     pub(super) fn merge(self, file: ServeArgs, file_path: Option<PathBuf>) -> Resolved {
@@ -338,6 +356,14 @@ impl ServeArgs {
             None,
         )
         .map(absolute);
+        let credentials_file = pick(
+            o,
+            "credentials_file",
+            self.credentials_file.map(Some),
+            file.credentials_file.map(Some),
+            None,
+        )
+        .map(absolute);
         let d = Limits::default();
         let max_upload_bytes = pick(
             o,
@@ -398,6 +424,7 @@ impl ServeArgs {
                     // At most 16, from the parser's range.
                     parallel: usize::try_from(parallel).unwrap_or(1),
                 },
+                credentials_file,
                 limits: Limits {
                     allowed_hosts,
                     token_file,

@@ -38,7 +38,12 @@ pub enum ConfigError {
 }
 
 /// The keys whose relative paths are taken from the file's folder.
-const PATH_KEYS: [&str; 3] = ["model_cache_dir", "images_path", "token_file"];
+const PATH_KEYS: [&str; 4] = [
+    "model_cache_dir",
+    "images_path",
+    "token_file",
+    "credentials_file",
+];
 
 /// Reads and checks a TOML configuration file.
 pub fn load(path: &Path) -> Result<ServeArgs, ConfigError> {

@@ -4,6 +4,7 @@
 //! like a secret and the user part of URLs.
 
 mod args;
+pub mod credentials;
 mod file;
 #[cfg(test)]
 mod tests;
@@ -99,6 +100,10 @@ pub struct Config {
     pub api_request_timeout: Duration,
     /// How big parts are read from the CDN (segment size, requests in flight).
     pub cdn_reads: CdnReads,
+    /// The email and password to log in with at start, and again with
+    /// backoff until it works (`LOADER_CREDENTIALS_FILE`, or systemd's
+    /// `$CREDENTIALS_DIRECTORY/login`); `None`: an operator logs in.
+    pub credentials_file: Option<PathBuf>,
     /// §5.3 who may call and how much: host names, token, limits.
     pub limits: Limits,
 }
@@ -194,6 +199,7 @@ impl Config {
             api_connect_timeout: Duration::from_secs(DEFAULT_API_CONNECT_TIMEOUT_SECS),
             api_request_timeout: Duration::from_secs(DEFAULT_API_REQUEST_TIMEOUT_SECS),
             cdn_reads: CdnReads::default(),
+            credentials_file: None,
             limits: Limits::default(),
         }
     }
@@ -268,6 +274,13 @@ impl Config {
                 self.limits.allow_insecure_http.to_string(),
             ),
             ("max_connections", self.limits.max_connections.to_string()),
+            (
+                // The path only, like token_file.
+                "credentials_file",
+                self.credentials_file
+                    .as_ref()
+                    .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
+            ),
         ];
         entries
             .into_iter()

@@ -61,16 +61,9 @@ impl ClientToken {
             source,
         };
         let metadata = std::fs::metadata(path).map_err(read)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = metadata.permissions().mode() & 0o7777;
-            if mode & 0o026 != 0 {
-                return Err(TokenFileError::Exposed { path: shown, mode });
-            }
+        if let Some(mode) = crate::adapters::disk::exposed_mode(&metadata) {
+            return Err(TokenFileError::Exposed { path: shown, mode });
         }
-        #[cfg(not(unix))]
-        let _ = metadata;
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(read)?);
         let token = SecretString::new(text.trim());
         if token.is_empty() {

@@ -43,6 +43,7 @@ use tower_http::trace::TraceLayer;
 pub use error::HttpError;
 pub use openapi::{ApiDoc, ErrorBody, document as openapi_document};
 
+use crate::app::readiness::Readiness;
 use crate::app::resources::ResourceService;
 use crate::app::session::SessionService;
 use crate::app::unlock::UnlockService;
@@ -50,8 +51,8 @@ use crate::domain::cipher::CryptoBackend;
 use crate::domain::names::{Folder, ResourceName};
 use crate::ports::Credentials;
 use openapi::{
-    CredentialsBody, HealthBody, LoadBody, OkBody, ResourceBytes, StatusBody, UnlockProgressBody,
-    UnlockStartBody, UnlockStatusBody,
+    CredentialsBody, HealthBody, LoadBody, MissingBody, OkBody, ReadyBody, ResourceBytes,
+    StatusBody, UnlockProgressBody, UnlockStartBody, UnlockStatusBody,
 };
 
 pub use upload::UploadLimits;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::HttpMetrics>,
     /// PROTOCOL §5.3's upload limits.
     pub uploads: UploadLimits,
+    /// What `GET /ready` checks.
+    pub readiness: Arc<Readiness>,
 }
 
 /// JSON bodies are small; uploads have their own (streaming) route.
@@ -78,6 +81,7 @@ const JSON_BODY_LIMIT: usize = 64 * 1024;
 pub fn router(state: AppState, policy: boundary::CallerPolicy) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/login", post(login))
         .route("/load/{filename}", post(load))
@@ -291,6 +295,41 @@ async fn health() -> Json<HealthBody> {
     Json(HealthBody {
         status: "healthy".to_owned(),
     })
+}
+
+/// Readiness, as against `/health`'s liveness: 200 only when a model can be
+/// served now (logged in; the cache folder writable above its free-space
+/// floor; the unlock `ready` when images are configured).
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "loader",
+    responses(
+        (status = 200, description = "The loader can serve a model now", body = ReadyBody),
+        (status = 503, description = "Something is missing: each item names the check and what to do", body = ReadyBody),
+    )
+)]
+async fn ready(State(state): State<AppState>) -> Response {
+    let missing: Vec<MissingBody> = state
+        .readiness
+        .missing()
+        .await
+        .into_iter()
+        .map(|m| MissingBody {
+            check: m.check.to_owned(),
+            detail: m.detail,
+        })
+        .collect();
+    let status = if missing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = ReadyBody {
+        ready: missing.is_empty(),
+        missing,
+    };
+    (status, Json(body)).into_response()
 }
 
 #[utoipa::path(

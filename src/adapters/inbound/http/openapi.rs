@@ -25,6 +25,26 @@ pub struct HealthBody {
     pub status: String,
 }
 
+/// `GET /ready`: 200 with `ready: true` and nothing missing, or 503 with
+/// what is missing.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadyBody {
+    /// True when the loader can serve a model now.
+    pub ready: bool,
+    /// Each unmet condition; empty when ready.
+    pub missing: Vec<MissingBody>,
+}
+
+/// One condition `GET /ready` found unmet.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MissingBody {
+    /// `login`, `cache` or `unlock`.
+    #[schema(example = "login")]
+    pub check: String,
+    /// What is wrong and what would fix it, for a person.
+    pub detail: String,
+}
+
 /// `GET /status`.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -207,6 +227,7 @@ pub struct UploadForm {
     ),
     paths(
         super::health,
+        super::ready,
         super::status,
         super::login,
         super::load,
@@ -221,6 +242,8 @@ pub struct UploadForm {
     components(schemas(
         ErrorBody,
         HealthBody,
+        ReadyBody,
+        MissingBody,
         StatusBody,
         OkBody,
         UnlockState,

@@ -229,4 +229,25 @@ impl BigPartCache for FsBigPartCache {
         let shared = self.shared.clone();
         blocking(move || shared.entries()).await
     }
+
+    async fn check_writable(&self) -> Result<(), CacheError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            // A file without a name: nothing is left behind, whatever happens.
+            drop(
+                tempfile::tempfile_in(&shared.root)
+                    .map_err(|e| io_error("cannot create a file in", &shared.root, e))?,
+            );
+            let room = crate::adapters::disk::room_for(&shared.root, 1, shared.min_free_bytes)
+                .map_err(|e| io_error("cannot read the free space of", &shared.root, e))?;
+            if room {
+                Ok(())
+            } else {
+                Err(CacheError::NoRoom {
+                    floor: shared.min_free_bytes,
+                })
+            }
+        })
+        .await
+    }
 }
