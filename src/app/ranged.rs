@@ -276,4 +276,112 @@ mod tests {
         assert_eq!(errors, 1, "the stream ends at its first error");
         assert_eq!(got, data[..SEGMENT as usize], "the first segment only");
     }
+
+    #[tokio::test]
+    async fn one_read_at_a_time_is_one_plain_get_with_no_ranges() {
+        let (store, data, first) = setup(5 * SEGMENT as usize + 3).await;
+        let mut body = body(&store, first, 1);
+        let read_all = async {
+            let mut got = Vec::new();
+            while let Some(chunk) = body.next().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            got
+        };
+        let got = tokio::time::timeout(Duration::from_secs(10), read_all)
+            .await
+            .expect("the body ends");
+        assert_eq!(got, data);
+        assert_eq!(
+            store.gets(),
+            [("m.big".to_owned(), 0)],
+            "ranged reads with parallel = 1"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_more_than_parallel_reads_are_in_flight_once_the_first_segment_is_read() {
+        let (store, _, first) = setup(40 * SEGMENT as usize).await;
+        store.stall_next_gets(10, Duration::from_millis(2000));
+        let mut body = body(&store, first, 4);
+        let mut read = 0u64;
+        while read < SEGMENT {
+            read += body.next().await.unwrap().unwrap().len() as u64;
+        }
+        assert_eq!(read, SEGMENT);
+        // The next segment is stalled: polling it must not start a fifth read.
+        let next = tokio::time::timeout(Duration::from_millis(200), body.next()).await;
+        assert!(next.is_err(), "the stalled segment came early");
+        assert_eq!(
+            store.gets().len(),
+            4,
+            "the first body and parallel - 1 = 3 ranged reads: {:?}",
+            store.gets()
+        );
+    }
+
+    /// A CDN that answers a range with the right length but sends on past its end.
+    struct Oversending(Arc<FakeObjectStore>);
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Oversending {
+        async fn get(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            from: u64,
+        ) -> Result<ObjectBody, crate::ports::StoreError> {
+            self.0.get(bucket, key, from).await
+        }
+
+        async fn get_range(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            from: u64,
+            to: u64,
+            _version: Option<&str>,
+        ) -> Result<ObjectBody, crate::ports::StoreError> {
+            let mut body = self.0.get(bucket, key, from).await?;
+            body.len = to - from;
+            Ok(body)
+        }
+
+        async fn put_tagged(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            body: ByteStream,
+            small_sha256: Option<&str>,
+        ) -> Result<(), crate::ports::StoreError> {
+            self.0.put_tagged(bucket, key, body, small_sha256).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_range_answered_with_more_bytes_than_asked_for_is_refused_as_such() {
+        let (store, data, first) = setup(3 * SEGMENT as usize).await;
+        let oversending: Arc<dyn ObjectStore> = Arc::new(Oversending(store.clone()));
+        let mut body = parallel_body(
+            oversending,
+            Folder::parse("models").unwrap(),
+            "m.big".into(),
+            first,
+            CdnReads {
+                segment: SEGMENT,
+                parallel: 2,
+            },
+        );
+        let mut got = Vec::new();
+        let error = loop {
+            match body.next().await {
+                Some(Ok(chunk)) => got.extend_from_slice(&chunk),
+                Some(Err(e)) => break e,
+                None => panic!("an oversent range was taken"),
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(error.to_string().contains("more than the range"), "{error}");
+        assert_eq!(got, data[..SEGMENT as usize], "only the first segment");
+    }
 }

@@ -35,6 +35,8 @@ pub struct TestApp {
     pub clock: Arc<FakeClock>,
     pub client: reqwest::Client,
     pub config: Config,
+    /// The use cases behind the HTTP API, to drive them without it.
+    pub state: crate::adapters::inbound::http::AppState,
     pub dir: tempfile::TempDir,
     _shutdown: oneshot::Sender<()>,
 }
@@ -130,6 +132,7 @@ impl TestApp {
                 },
             );
         let addr = app.local_addr().unwrap();
+        let state = app.state().clone();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(app.serve(async {
             let _ = rx.await;
@@ -148,6 +151,7 @@ impl TestApp {
                 .build()
                 .unwrap(),
             config,
+            state,
             dir,
             _shutdown: tx,
         }

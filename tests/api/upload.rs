@@ -206,3 +206,45 @@ async fn upload_renews_an_expired_token() {
     );
     assert_eq!(app.api.calls(FakeRoute::Login), 2);
 }
+
+#[tokio::test]
+async fn an_upload_arriving_in_small_chunks_splits_where_its_whole_length_says() {
+    // The split point is known only after SPLIT_KNOWN_AT bytes (or the end):
+    // a body that trickles in must not be cut at the first chunk boundary.
+    use azaion_loader::domain::names::{Folder, ResourceName};
+    use futures::StreamExt;
+    let app = TestApp::logged_in().await;
+    for len in [2_000usize, 5_000, 20_000] {
+        let plain = pattern(len, 21);
+        let chunks: Vec<std::io::Result<bytes::Bytes>> = plain
+            .chunks(100)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let name = format!("trickle-{len}.bin");
+        app.state
+            .resources
+            .upload(
+                &Folder::parse(FOLDER).unwrap(),
+                &ResourceName::parse(&name).unwrap(),
+                futures::stream::iter(chunks).boxed(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{len}: {e}"));
+        let small = app
+            .api
+            .file(Some(FOLDER), &format!("{name}.small"))
+            .unwrap();
+        let big = app.store.object(FOLDER, &format!("{name}.big")).unwrap();
+        let joined: Vec<u8> = small.iter().chain(big.iter()).copied().collect();
+        assert_eq!(
+            small.len() as u64,
+            small_part_len(joined.len() as u64),
+            "{len}"
+        );
+        assert_eq!(
+            decrypt(&AesKey::from_key_string(&resource_key()), &joined).unwrap(),
+            plain,
+            "{len}"
+        );
+    }
+}

@@ -204,9 +204,14 @@ fn status_finds_the_loader_through_serves_config_file_and_ready_says_what_is_mis
     // The same file tells `status` where the loader listens (no --url, no LOADER_LISTEN).
     let status = crate::support::run(&["status", "--config", path(&config)]);
     assert_eq!(status.code, Some(0), "{status:?}");
-    assert!(status.stdout.contains(&format!("http://{addr}")), "{status:?}");
     assert!(
-        status.stdout.contains("ready          no: login (not logged in"),
+        status.stdout.contains(&format!("http://{addr}")),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .stdout
+            .contains("ready          no: login (not logged in"),
         "{status:?}"
     );
     // --ready: alive is not enough.
