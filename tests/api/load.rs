@@ -131,6 +131,35 @@ async fn a_second_refusal_after_renewal_answers_401_and_status_turns_unauthentic
 }
 
 #[tokio::test]
+async fn a_session_that_failed_its_renewal_works_again_after_a_call_goes_through() {
+    let app = TestApp::logged_in().await;
+    let plain = pattern(100, 15);
+    app.seed(FOLDER, "m.bin", &plain);
+    // A 401, then a renewal that cannot reach the API: the session is kept, not working.
+    app.api
+        .fail_next(FakeRoute::GetResource, 1, ApiError::Unauthorized);
+    app.api.fail_next(
+        FakeRoute::Login,
+        1,
+        ApiError::Unavailable("connection refused".into()),
+    );
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 503);
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        false
+    );
+    // The old token still works: the next call goes through and the session works again.
+    let r = app.load("m.bin", FOLDER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), plain);
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        true
+    );
+    assert_eq!(app.get("/ready").await.status(), 200);
+}
+
+#[tokio::test]
 async fn a_renewal_refused_by_the_api_logs_out() {
     let app = TestApp::logged_in().await;
     app.seed(FOLDER, "m.bin", &pattern(100, 14));
