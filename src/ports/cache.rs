@@ -73,6 +73,8 @@ pub struct CachedEntry {
     pub folder: String,
     pub name: String,
     pub bytes: u64,
+    /// When the entry was last written or served (what eviction orders by).
+    pub last_used: std::time::SystemTime,
 }
 
 #[async_trait]

@@ -7,6 +7,7 @@ mod integrity;
 mod load;
 mod load_cache;
 mod login_and_status;
+mod manage;
 mod metrics;
 mod openapi;
 mod page;

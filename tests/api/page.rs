@@ -100,7 +100,21 @@ async fn cache_lists_each_loaded_resource_with_its_size() {
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
-    let body = TestApp::json(app.get("/cache").await).await;
+    let mut body = TestApp::json(app.get("/cache").await).await;
+    // Last use: now, give or take the test's run.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for entry in body["entries"].as_array_mut().unwrap() {
+        let used = entry
+            .as_object_mut()
+            .unwrap()
+            .remove("last_used_unix_secs")
+            .and_then(|v| v.as_u64())
+            .expect("a last-use stamp");
+        assert!(now.abs_diff(used) < 600, "{used} against {now}");
+    }
     assert_eq!(
         body,
         json!({

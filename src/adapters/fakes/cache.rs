@@ -29,6 +29,8 @@ struct State {
     commits: usize,
     /// Rooms made (`make_room` calls).
     rooms_made: usize,
+    /// Last write or hit of each entry.
+    last_used: HashMap<Key, std::time::SystemTime>,
 }
 
 #[derive(Default, Clone)]
@@ -89,10 +91,11 @@ impl FakeCache {
     pub fn insert_raw(&self, folder: &str, name: &str, small_digest: [u8; 32], data: Bytes) {
         let mut record = RecordBuilder::new(small_digest);
         record.update(&data);
-        lock(&self.state).entries.insert(
-            (folder.to_owned(), name.to_owned()),
-            (record.finish(), data, false),
-        );
+        let mut s = lock(&self.state);
+        let key = (folder.to_owned(), name.to_owned());
+        s.last_used
+            .insert(key.clone(), std::time::SystemTime::now());
+        s.entries.insert(key, (record.finish(), data, false));
     }
 
     /// Forgets every entry (to force the next download through the CDN).
@@ -131,6 +134,7 @@ impl BigPartCache for FakeCache {
             s.entries.remove(&k);
             return Ok(CacheLookup::Damaged);
         }
+        s.last_used.insert(k.clone(), std::time::SystemTime::now());
         // Intact blocks in pieces of 48 KiB, up to the first damaged block.
         let mut pieces: Vec<std::io::Result<Bytes>> = Vec::new();
         let mut damaged_at = None;
@@ -219,10 +223,15 @@ impl BigPartCache for FakeCache {
         let mut list: Vec<CachedEntry> = s
             .entries
             .iter()
-            .map(|((folder, name), (r, _, _))| CachedEntry {
-                folder: folder.clone(),
-                name: name.clone(),
+            .map(|(key, (r, _, _))| CachedEntry {
+                folder: key.0.clone(),
+                name: key.1.clone(),
                 bytes: r.big_len,
+                last_used: s
+                    .last_used
+                    .get(key)
+                    .copied()
+                    .unwrap_or(std::time::UNIX_EPOCH),
             })
             .collect();
         list.sort_by(|a, b| (&a.folder, &a.name).cmp(&(&b.folder, &b.name)));
@@ -262,6 +271,8 @@ impl CacheWriter for FakeCacheWriter {
     async fn commit(self: Box<Self>) -> Result<(), CacheError> {
         let record = self.record.finish();
         let mut s = lock(&self.cache);
+        s.last_used
+            .insert(self.key.clone(), std::time::SystemTime::now());
         s.entries
             .insert(self.key, (record, self.data.freeze(), false));
         s.commits += 1;

@@ -11,7 +11,10 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, watch};
 
 mod download;
 mod fills;
+mod prefetch;
 mod upload;
+
+pub use prefetch::{Prefetch, PrefetchJob};
 
 use download::*;
 use fills::*;
@@ -27,7 +30,7 @@ use crate::domain::split::{SMALL_PART_MAX, small_part_len};
 use crate::ports::object_store::TAIL_LEN;
 use crate::ports::{
     BigPartCache, ByteStream, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry,
-    HeldSpace, ObjectStore, StoreError,
+    HeldSpace, ObjectBody, ObjectStore, StoreError,
 };
 
 /// `LOADER_MAX_TRANSFERS` unless configured.
@@ -68,6 +71,9 @@ pub enum LoadError {
         "{0} is being replaced, or its last upload failed: its parts belong to different uploads"
     )]
     Mismatched(String),
+    /// A prefetch needs a cache entry, and the cache cannot give one.
+    #[error(transparent)]
+    Cache(CacheError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +191,56 @@ impl ResourceService {
     /// What the cache holds now, and its limit.
     pub async fn cache_usage(&self) -> Result<CacheUsage, CacheError> {
         self.cache.usage().await
+    }
+
+    /// Removes the cached big part of `folder/name`; false when there was none.
+    pub async fn remove_cached(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+    ) -> Result<bool, CacheError> {
+        let present = self
+            .cache
+            .entries()
+            .await?
+            .iter()
+            .any(|e| e.folder == folder.as_str() && e.name == name.as_str());
+        if present {
+            self.cache.remove(folder, name).await?;
+        }
+        Ok(present)
+    }
+
+    /// Removes the entries last used before `unused_since`, then the least
+    /// recently used ones until the cache holds at most `max_bytes` (held
+    /// uploads and writes in progress count, but are not removed). Returns
+    /// what it removed, oldest first.
+    pub async fn prune(
+        &self,
+        max_bytes: Option<u64>,
+        unused_since: Option<std::time::SystemTime>,
+    ) -> Result<Vec<CachedEntry>, CacheError> {
+        let mut entries = self.cache.entries().await?;
+        entries.sort_by_key(|e| e.last_used);
+        let mut usage = self.cache.usage().await?.bytes;
+        let mut removed = Vec::new();
+        for entry in entries {
+            let unused = unused_since.is_some_and(|since| entry.last_used < since);
+            let over = max_bytes.is_some_and(|max| usage > max);
+            if !(unused || over) {
+                continue;
+            }
+            let (Ok(folder), Ok(name)) = (
+                Folder::parse(&entry.folder),
+                ResourceName::parse(&entry.name),
+            ) else {
+                continue;
+            };
+            self.cache.remove(&folder, &name).await?;
+            usage = usage.saturating_sub(entry.bytes);
+            removed.push(entry);
+        }
+        Ok(removed)
     }
 
     /// The cached big parts, by folder and name.
@@ -319,31 +375,10 @@ impl ResourceService {
             Claim::Follower(wait) => return Ok(Err(wait)),
         };
         let slot = self.transfer_slot().await?;
-        let body = session
-            .store
-            .get(folder, &key, 0)
-            .await
-            .map_err(|e| match e {
-                StoreError::NoSuchKey(_) | StoreError::NoSuchBucket(_) => {
-                    LoadError::NotFound(format!("{folder}/{name} (no big part in the CDN)"))
-                }
-                other => LoadError::Cdn(other),
-            })?;
-        // §5.4: a big part tagged for another small part is another upload's.
-        // The small part may just have been replaced (an upload finishing):
-        // ask for it once more before refusing.
-        if let Some(tag) = body.small_sha256.clone()
-            && tag != small_sha256_hex(&digest)
-        {
-            let (again, _) = self.small_part(folder, name).await?;
-            let again_digest = small_part_digest(&again);
-            if tag != small_sha256_hex(&again_digest) {
-                tracing::warn!(%folder, %name, "the big part in the CDN belongs to another upload");
-                return Err(LoadError::Mismatched(format!("{folder}/{name}")));
-            }
-            small = again;
-            digest = again_digest;
-        }
+        let body;
+        (body, small, digest) = self
+            .open_big_part(folder, name, &session, small, digest)
+            .await?;
         let writer = match self.cache.create(folder, name, &digest).await {
             Ok(w) => Some(w),
             Err(e) => {
@@ -384,6 +419,43 @@ impl ResourceService {
                 }),
             ),
         }))
+    }
+
+    /// Opens the big part in the CDN, checked against the small part
+    /// (`small`, `digest`) per §5.4: a big part tagged for another small part
+    /// is another upload's. The small part may just have been replaced (an
+    /// upload finishing): it is asked for once more before refusing. Returns
+    /// the body and the small part it belongs with.
+    async fn open_big_part(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+        session: &Session,
+        small: Bytes,
+        digest: [u8; 32],
+    ) -> Result<(ObjectBody, Bytes, [u8; 32]), LoadError> {
+        let body = session
+            .store
+            .get(folder, &name.big_part_key(), 0)
+            .await
+            .map_err(|e| match e {
+                StoreError::NoSuchKey(_) | StoreError::NoSuchBucket(_) => {
+                    LoadError::NotFound(format!("{folder}/{name} (no big part in the CDN)"))
+                }
+                other => LoadError::Cdn(other),
+            })?;
+        match body.small_sha256.clone() {
+            Some(tag) if tag != small_sha256_hex(&digest) => {
+                let (again, _) = self.small_part(folder, name).await?;
+                let again_digest = small_part_digest(&again);
+                if tag != small_sha256_hex(&again_digest) {
+                    tracing::warn!(%folder, %name, "the big part in the CDN belongs to another upload");
+                    return Err(LoadError::Mismatched(format!("{folder}/{name}")));
+                }
+                Ok((body, again, again_digest))
+            }
+            _ => Ok((body, small, digest)),
+        }
     }
 
     /// F3: encrypts `plaintext` with the resource key, puts the big part in the

@@ -16,7 +16,7 @@ use crate::app::resources::{LoadError, TransfersBusy, UploadError};
 use crate::app::session::{CallError, LoginError};
 use crate::app::unlock::UnlockStartError;
 use crate::domain::names::NameError;
-use crate::ports::{ApiError, StoreError};
+use crate::ports::{ApiError, CacheError, StoreError};
 
 #[derive(Debug)]
 pub struct HttpError {
@@ -186,6 +186,14 @@ impl From<LoadError> for HttpError {
             LoadError::Cdn(store) => cdn_error(store),
             LoadError::Busy(busy) => busy.into(),
             LoadError::Mismatched(_) => Self::new(StatusCode::CONFLICT, e.to_string()),
+            LoadError::Cache(CacheError::NoRoom { .. }) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+            }
+            LoadError::Cache(cache) => Self::server(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the cache cannot take the big part",
+                cache,
+            ),
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod boundary;
 mod error;
 pub mod form_guard;
+mod manage;
 pub mod metrics;
 mod observe;
 mod openapi;
@@ -34,7 +35,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use futures::StreamExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -97,6 +98,10 @@ pub fn router(state: AppState, policy: boundary::CallerPolicy) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/", get(page::status_page))
         .route("/cache", get(page::cache))
+        .route("/cache/prune", post(manage::prune))
+        .route("/cache/{folder}/{filename}", delete(manage::remove_entry))
+        .route("/prefetch/{filename}", post(manage::prefetch))
+        .route("/prefetch/", post(empty_name))
         .route("/metrics", get(observe::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -161,6 +161,55 @@ pub struct CacheEntryBody {
     #[schema(example = "demo.txt")]
     pub name: String,
     pub bytes: u64,
+    /// When it was last written or served, in seconds since the Unix epoch.
+    pub last_used_unix_secs: u64,
+}
+
+impl From<crate::ports::CachedEntry> for CacheEntryBody {
+    fn from(e: crate::ports::CachedEntry) -> Self {
+        Self {
+            folder: e.folder,
+            name: e.name,
+            bytes: e.bytes,
+            last_used_unix_secs: e
+                .last_used
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+/// `POST /cache/prune`: at least one of the two.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneBody {
+    /// Remove the least recently used entries until the cache holds at most this many bytes.
+    pub max_bytes: Option<u64>,
+    /// Remove the entries not used for this many seconds.
+    pub unused_for_secs: Option<u64>,
+}
+
+/// What `POST /cache/prune` or `DELETE /cache/{folder}/{name}` removed.
+#[derive(Serialize, ToSchema)]
+pub struct RemovedBody {
+    /// The removed entries, least recently used first.
+    pub removed: Vec<CacheEntryBody>,
+    /// Their bytes together.
+    pub freed_bytes: u64,
+}
+
+/// One line of `POST /prefetch/{filename}`'s answer (JSON lines, one per
+/// update, `state` `done`, `cached` or `error` on the last).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PrefetchLine {
+    /// `fetching`, then `done`; `cached` when the entry was there already; `error`.
+    #[schema(example = "fetching")]
+    pub state: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Why it failed (`error` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `POST /login` and `POST /unlock`: the Resource API credentials.
@@ -235,6 +284,9 @@ pub struct UploadForm {
         super::unlock,
         super::unlock_status,
         super::page::cache,
+        super::manage::prefetch,
+        super::manage::remove_entry,
+        super::manage::prune,
         super::page::status_page,
         super::observe::metrics,
         openapi_json,
@@ -253,6 +305,9 @@ pub struct UploadForm {
         CacheBody,
         CacheUsageBody,
         CacheEntryBody,
+        PruneBody,
+        RemovedBody,
+        PrefetchLine,
         CredentialsBody,
         LoadBody,
         UploadForm,

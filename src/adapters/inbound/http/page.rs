@@ -119,14 +119,7 @@ pub async fn cache(State(state): State<AppState>) -> Result<Response, HttpError>
             entries: usage.entries,
             limit: usage.limit,
         },
-        entries: entries
-            .into_iter()
-            .map(|e| CacheEntryBody {
-                folder: e.folder,
-                name: e.name,
-                bytes: e.bytes,
-            })
-            .collect(),
+        entries: entries.into_iter().map(CacheEntryBody::from).collect(),
     };
     Ok((
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],

@@ -121,6 +121,7 @@ impl Shared {
                 folder: e.key.0,
                 name: e.key.1,
                 bytes: e.bytes,
+                last_used: e.modified,
             })
             .collect();
         list.sort_by(|a, b| (&a.folder, &a.name).cmp(&(&b.folder, &b.name)));
@@ -147,13 +148,23 @@ mod tests {
         assert_eq!(usage.entries, 1);
         let on_disk = RECORD_LEN as u64 + bytes.len() as u64 + 4 * 8;
         assert_eq!(usage.bytes, on_disk);
+        let entries = cache.entries().await.unwrap();
         assert_eq!(
-            cache.entries().await.unwrap(),
+            entries,
             vec![CachedEntry {
                 folder: "models".into(),
                 name: "model.onnx".into(),
                 bytes: on_disk,
+                last_used: entries[0].last_used,
             }]
+        );
+        let modified = std::fs::metadata(cache.root().join("models/model.onnx.big"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            entries[0].last_used, modified,
+            "the stamp eviction orders by"
         );
         assert_eq!(
             files_in(&cache.root().join("models")),
