@@ -68,6 +68,17 @@ pub struct CacheUsage {
     pub limit: Option<u64>,
 }
 
+/// What re-checking one entry found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryCheck {
+    /// Every block passed its checksum.
+    Intact,
+    /// A block, the header or the table failed; the entry is removed.
+    Damaged,
+    /// No such entry (any more).
+    Missing,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedEntry {
     pub folder: String,
@@ -119,6 +130,11 @@ pub trait BigPartCache: Send + Sync {
     /// file and its file system has more free space than the floor
     /// (`NoRoom` otherwise). For `GET /ready` (issue 13).
     async fn check_writable(&self) -> Result<(), CacheError>;
+
+    /// Re-reads every block of the entry against its checksums, for the
+    /// small part it was written for, and removes it when damaged. Does not
+    /// count as a use (eviction order is kept).
+    async fn verify(&self, folder: &Folder, name: &ResourceName) -> Result<EntryCheck, CacheError>;
 }
 
 #[async_trait]

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use cache::{
-    BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, HeldSpace,
+    BigPartCache, CacheError, CacheLookup, CacheUsage, CacheWriter, CachedEntry, EntryCheck,
+    HeldSpace,
 };
 pub use clock::Clock;
 pub use hardware::{HardwareError, HardwareProbe};

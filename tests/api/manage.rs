@@ -176,3 +176,25 @@ async fn prune_removes_the_least_recently_used_down_to_a_size_and_the_unused() {
         json!([])
     );
 }
+
+#[tokio::test]
+async fn verify_finds_and_removes_a_damaged_entry_and_keeps_the_rest() {
+    let app = TestApp::logged_in().await;
+    for name in ["fine.bin", "rotten.bin"] {
+        app.seed(FOLDER, name, &pattern(200_000, 50));
+        app.load_bytes(name, FOLDER).await;
+    }
+    app.cache.damage_at(FOLDER, "rotten.bin", 100_000);
+    let r = app.post_json("/cache/verify", json!({})).await;
+    assert_eq!(r.status(), 200);
+    let body = TestApp::json(r).await;
+    assert_eq!(body["checked"], 2);
+    let damaged = body["damaged"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{body}");
+    assert_eq!(damaged[0]["name"], "rotten.bin");
+    assert!(!app.cache.contains(FOLDER, "rotten.bin"));
+    assert!(app.cache.contains(FOLDER, "fine.bin"));
+    // Nothing is left to find.
+    let again = TestApp::json(app.post_json("/cache/verify", json!({})).await).await;
+    assert_eq!(again, json!({"checked": 1, "damaged": []}));
+}

@@ -20,6 +20,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/cache"),
     ("post", "/cache/prune"),
+    ("post", "/cache/verify"),
     ("delete", "/cache/{folder}/{filename}"),
     ("post", "/prefetch/{filename}"),
     ("get", "/metrics"),

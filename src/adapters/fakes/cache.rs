@@ -238,6 +238,31 @@ impl BigPartCache for FakeCache {
         Ok(list)
     }
 
+    async fn verify(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+    ) -> Result<crate::ports::EntryCheck, CacheError> {
+        use crate::ports::EntryCheck;
+        let mut s = lock(&self.state);
+        let k = key(folder, name);
+        let Some((record, data, record_damaged)) = s.entries.get(&k) else {
+            return Ok(EntryCheck::Missing);
+        };
+        let intact = !record_damaged
+            && record.big_len == data.len() as u64
+            && data
+                .chunks(record.block_len as usize)
+                .enumerate()
+                .all(|(i, block)| record.block(i as u64) == Some(block_checksum(block)));
+        if intact {
+            Ok(EntryCheck::Intact)
+        } else {
+            s.entries.remove(&k);
+            Ok(EntryCheck::Damaged)
+        }
+    }
+
     async fn check_writable(&self) -> Result<(), CacheError> {
         if lock(&self.state).fail_writes {
             Err(CacheError::NoRoom { floor: 0 })

@@ -493,6 +493,14 @@ impl BigPartCache for MeteredCache {
     async fn check_writable(&self) -> Result<(), CacheError> {
         self.inner.check_writable().await
     }
+
+    async fn verify(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+    ) -> Result<crate::ports::EntryCheck, CacheError> {
+        self.inner.verify(folder, name).await
+    }
 }
 
 struct MeteredWriter {

@@ -243,6 +243,31 @@ impl ResourceService {
         Ok(removed)
     }
 
+    /// Re-checks every cached big part's blocks; returns the entries checked
+    /// and, among them, the damaged ones (removed).
+    pub async fn verify_cache(&self) -> Result<(u64, Vec<CachedEntry>), CacheError> {
+        let mut checked = 0;
+        let mut damaged = Vec::new();
+        for entry in self.cache_entries().await? {
+            let (Ok(folder), Ok(name)) = (
+                Folder::parse(&entry.folder),
+                ResourceName::parse(&entry.name),
+            ) else {
+                continue;
+            };
+            match self.cache.verify(&folder, &name).await? {
+                crate::ports::EntryCheck::Intact => checked += 1,
+                crate::ports::EntryCheck::Damaged => {
+                    checked += 1;
+                    tracing::warn!(%folder, %name, "cache verify: damaged entry removed");
+                    damaged.push(entry);
+                }
+                crate::ports::EntryCheck::Missing => {}
+            }
+        }
+        Ok((checked, damaged))
+    }
+
     /// The cached big parts, by folder and name.
     pub async fn cache_entries(&self) -> Result<Vec<CachedEntry>, CacheError> {
         let mut entries = self.cache.entries().await?;

@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::StreamExt;
 
-use super::openapi::{CacheEntryBody, LoadBody, PrefetchLine, PruneBody, RemovedBody};
+use super::openapi::{CacheEntryBody, LoadBody, PrefetchLine, PruneBody, RemovedBody, VerifyBody};
 use super::{AppState, ErrorBody, HttpError, JsonBody, path_name};
 use crate::app::resources::Prefetch;
 use crate::domain::names::{Folder, ResourceName};
@@ -224,4 +224,24 @@ pub async fn prune(
         .map(|secs| SystemTime::now() - Duration::from_secs(secs.min(100 * 365 * 86_400)));
     let removed = state.resources.prune(body.max_bytes, unused_since).await?;
     Ok(Json(removed_body(removed)))
+}
+
+/// Re-reads every cached big part against its block checksums and removes
+/// the damaged ones (a load would never serve them, but would find them only
+/// when it reached the block). Slow for a large cache: it reads every byte.
+#[utoipa::path(
+    post,
+    path = "/cache/verify",
+    tag = "loader",
+    responses(
+        (status = 200, description = "How many entries were checked, and the damaged ones (removed)", body = VerifyBody),
+        (status = 500, description = "The cache folder cannot be read", body = ErrorBody),
+    )
+)]
+pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyBody>, HttpError> {
+    let (checked, damaged) = state.resources.verify_cache().await?;
+    Ok(Json(VerifyBody {
+        checked,
+        damaged: damaged.into_iter().map(CacheEntryBody::from).collect(),
+    }))
 }

@@ -99,6 +99,7 @@ pub fn router(state: AppState, policy: boundary::CallerPolicy) -> Router {
         .route("/", get(page::status_page))
         .route("/cache", get(page::cache))
         .route("/cache/prune", post(manage::prune))
+        .route("/cache/verify", post(manage::verify))
         .route("/cache/{folder}/{filename}", delete(manage::remove_entry))
         .route("/prefetch/{filename}", post(manage::prefetch))
         .route("/prefetch/", post(empty_name))

@@ -198,6 +198,15 @@ pub struct RemovedBody {
     pub freed_bytes: u64,
 }
 
+/// What `POST /cache/verify` found.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyBody {
+    /// Entries whose every block was re-read.
+    pub checked: u64,
+    /// The damaged ones among them, now removed (a load would never have served them).
+    pub damaged: Vec<CacheEntryBody>,
+}
+
 /// One line of `POST /prefetch/{filename}`'s answer (JSON lines, one per
 /// update, `state` `done`, `cached` or `error` on the last).
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -287,6 +296,7 @@ pub struct UploadForm {
         super::manage::prefetch,
         super::manage::remove_entry,
         super::manage::prune,
+        super::manage::verify,
         super::page::status_page,
         super::observe::metrics,
         openapi_json,
@@ -307,6 +317,7 @@ pub struct UploadForm {
         CacheEntryBody,
         PruneBody,
         RemovedBody,
+        VerifyBody,
         PrefetchLine,
         CredentialsBody,
         LoadBody,

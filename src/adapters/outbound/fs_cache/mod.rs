@@ -230,6 +230,14 @@ impl BigPartCache for FsBigPartCache {
         blocking(move || shared.entries()).await
     }
 
+    async fn verify(
+        &self,
+        folder: &Folder,
+        name: &ResourceName,
+    ) -> Result<crate::ports::EntryCheck, CacheError> {
+        read::verify(&self.shared, folder, name).await
+    }
+
     async fn check_writable(&self) -> Result<(), CacheError> {
         let shared = self.shared.clone();
         blocking(move || {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 use super::evict::remove_if_same;
 use super::layout::{EntryKey, entry_key};
@@ -20,7 +21,7 @@ use crate::domain::cache_record::{
 };
 use crate::domain::names::{Folder, ResourceName};
 use crate::ports::object_store::TAIL_LEN;
-use crate::ports::{ByteStream, CacheError, CacheLookup, ObjectBody};
+use crate::ports::{ByteStream, CacheError, CacheLookup, EntryCheck, ObjectBody};
 
 /// How often `open` re-inspects an entry that was replaced while it looked at it.
 const INSPECT_ATTEMPTS: usize = 3;
@@ -81,6 +82,70 @@ pub(super) async fn open(
             ),
         }),
     })
+}
+
+/// Re-checks every block of the entry for the small part its header names;
+/// a damaged entry is removed (by `open`, or by its stream at the damaged
+/// block). The entry's last use is put back afterwards: a check is not a use.
+pub(super) async fn verify(
+    shared: &Arc<Shared>,
+    folder: &Folder,
+    name: &ResourceName,
+) -> Result<EntryCheck, CacheError> {
+    let path = shared.entry_path(folder, name);
+    let recorded = {
+        let path = path.clone();
+        blocking(move || {
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_error("cannot open", &path, e)),
+            };
+            let modified = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(|e| io_error("cannot read", &path, e))?;
+            let mut header = [0u8; RECORD_LEN];
+            // A header that cannot be read or decoded is found damaged by `open`,
+            // whatever digest it is asked for.
+            let digest = match file.read_exact(&mut header) {
+                Ok(()) => RecordHeader::decode(&header)
+                    .map(|h| h.small_digest)
+                    .unwrap_or([0; 32]),
+                Err(_) => [0; 32],
+            };
+            Ok(Some((digest, modified)))
+        })
+        .await?
+    };
+    let Some((digest, last_used)) = recorded else {
+        return Ok(EntryCheck::Missing);
+    };
+    let check = match open(shared, folder, name, &digest).await? {
+        CacheLookup::Hit(mut body) => {
+            let mut intact = true;
+            while let Some(chunk) = body.stream.next().await {
+                if chunk.is_err() {
+                    intact = false;
+                    break;
+                }
+            }
+            if intact {
+                EntryCheck::Intact
+            } else {
+                EntryCheck::Damaged
+            }
+        }
+        CacheLookup::Damaged => EntryCheck::Damaged,
+        CacheLookup::Miss | CacheLookup::Stale => EntryCheck::Missing,
+    };
+    if check == EntryCheck::Intact {
+        let restored = File::open(&path).and_then(|f| f.set_modified(last_used));
+        if let Err(e) = restored {
+            tracing::debug!(file = %path.display(), "cannot put back the last use: {e}");
+        }
+    }
+    Ok(check)
 }
 
 /// Registers a reader of an entry for as long as it lives, so eviction leaves
@@ -524,5 +589,43 @@ mod tests {
             }
         }
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn verify_finds_a_damaged_block_removes_the_entry_and_keeps_an_intact_ones_last_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = new_cache(&dir, None);
+        let block = BLOCK_LEN as usize;
+        put(&cache, "models", "good", [1; 32], &data(3 * block + 7, 1)).await;
+        put(&cache, "models", "bad", [2; 32], &data(3 * block + 7, 2)).await;
+        let good = cache.root().join("models/good.big");
+        let long_ago =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        File::open(&good).unwrap().set_modified(long_ago).unwrap();
+        let bad = cache.root().join("models/bad.big");
+        let mut bytes = fs::read(&bad).unwrap();
+        bytes[RECORD_LEN + block + 10] ^= 0x10;
+        fs::write(&bad, &bytes).unwrap();
+
+        let models = folder("models");
+        let (good_name, bad_name) = (name("good"), name("bad"));
+        let check = |n: &'static str| {
+            let n = if n == "good" { &good_name } else { &bad_name };
+            cache.verify(&models, n)
+        };
+        assert_eq!(check("good").await.unwrap(), EntryCheck::Intact);
+        assert_eq!(
+            fs::metadata(&good).unwrap().modified().unwrap(),
+            long_ago,
+            "a check is not a use"
+        );
+        assert_eq!(check("bad").await.unwrap(), EntryCheck::Damaged);
+        assert!(!bad.exists());
+        assert_eq!(check("bad").await.unwrap(), EntryCheck::Missing);
+
+        // A header that does not decode is damaged too.
+        fs::write(&bad, b"not a cache entry").unwrap();
+        assert_eq!(check("bad").await.unwrap(), EntryCheck::Damaged);
+        assert!(!bad.exists());
     }
 }
