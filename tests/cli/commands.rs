@@ -19,6 +19,10 @@ const COMMANDS: &[&str] = &[
     "unlock",
     "hardware",
     "status",
+    "get",
+    "put",
+    "prefetch",
+    "cache",
     "completions",
     "man",
 ];
@@ -69,6 +73,12 @@ fn man_prints_the_top_page_or_writes_one_page_per_command() {
         .iter()
         .map(|command| format!("azaion-loader-{command}.1"))
         .chain(["azaion-loader.1".to_owned()])
+        // `cache` has subcommands: a page each.
+        .chain(
+            ["ls", "prune", "rm", "verify"]
+                .iter()
+                .map(|sub| format!("azaion-loader-cache-{sub}.1")),
+        )
         .collect();
     expected.sort();
     assert_eq!(crate::support::names_in(&pages), expected);

@@ -2,6 +2,7 @@
 //! temporary files, against a dead port, against a running `dev` stack and,
 //! where a Docker daemon answers, through a whole unlock.
 
+mod client;
 mod commands;
 mod files;
 mod service;

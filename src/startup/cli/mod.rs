@@ -4,6 +4,7 @@
 //! the status of a running loader). It parses, dispatches and turns errors
 //! into exit codes; it must never print a key, a password or a fragment.
 
+pub mod client;
 pub mod crypt;
 pub mod files;
 pub mod hardware;
@@ -177,9 +178,21 @@ pub enum Command {
     /// Print this device's hardware fingerprint and its hash.
     #[command(after_help = HARDWARE_EXAMPLES)]
     Hardware,
-    /// Show the health, login and unlock state of a running loader.
+    /// Show the health, readiness, login and unlock state of a running loader.
     #[command(after_help = STATUS_EXAMPLES)]
     Status(status::StatusArgs),
+    /// Download a resource from a running loader into a file (never a partial one).
+    #[command(after_help = GET_EXAMPLES)]
+    Get(client::GetArgs),
+    /// Upload a file as a resource through a running loader.
+    #[command(after_help = PUT_EXAMPLES)]
+    Put(client::PutArgs),
+    /// Bring resources' big parts into a running loader's cache, ahead of use.
+    #[command(after_help = PREFETCH_EXAMPLES)]
+    Prefetch(client::PrefetchArgs),
+    /// List, remove, prune or verify a running loader's cache.
+    #[command(after_help = CACHE_EXAMPLES)]
+    Cache(client::CacheArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -194,6 +207,39 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
 }
+
+const GET_EXAMPLES: &str = "\
+Examples:
+  azaion-loader get models/detector.onnx
+  azaion-loader get models/detector.onnx -o /opt/models/detector.onnx
+  LOADER_LISTEN=unix:/run/azaion-loader/loader.sock LOADER_TOKEN_FILE=/etc/azaion/loader.token \\
+      azaion-loader get models/detector.onnx -o - | sha256sum
+
+Reaches the loader as `status` does. The file is written as FILE.tmp-XXXXXX
+beside it and renamed once complete: Ctrl-C or an error leaves no partial file.
+Exit 0 done, 1 failed, 2 bad arguments, 130 interrupted.";
+
+const PUT_EXAMPLES: &str = "\
+Example:
+  azaion-loader put models/detector.onnx ./detector.onnx
+
+Streams the file: the loader encrypts and splits it (docs/PROTOCOL.md §5).";
+
+const PREFETCH_EXAMPLES: &str = "\
+Examples:
+  azaion-loader prefetch models/detector.onnx models/tracker.onnx
+  azaion-loader --quiet prefetch models/detector.onnx && azaion-loader status --ready
+
+Warms the device at base: the big parts come into the cache without being
+decrypted, so a later load needs only the small part from the API.";
+
+const CACHE_EXAMPLES: &str = "\
+Examples:
+  azaion-loader cache ls
+  azaion-loader cache rm models/old.onnx
+  azaion-loader cache prune --max-bytes 10G
+  azaion-loader cache prune --unused-for 30d
+  azaion-loader cache verify";
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
@@ -536,6 +582,11 @@ async fn dispatch(command: Command, mode: ProgressMode) -> Result<(), CliError> 
         Command::Unlock(args) => interruptible(unlock::run(args, mode)).await,
         Command::Hardware => hardware::run().await,
         Command::Status(args) => interruptible(status::run(args)).await,
+        // Dropped on Ctrl-C: `get`'s temporary file goes with it.
+        Command::Get(args) => interruptible(client::get(args, mode)).await,
+        Command::Put(args) => interruptible(client::put(args, mode)).await,
+        Command::Prefetch(args) => interruptible(client::prefetch(args, mode)).await,
+        Command::Cache(args) => interruptible(client::cache(args)).await,
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "azaion-loader", &mut script);

@@ -48,20 +48,33 @@ pub struct LoaderEndpoint {
     pub client: reqwest::Client,
 }
 
+/// How long a client waits: for each whole answer (`status`, `cache`), or
+/// only to connect and then between two reads (a transfer of any length).
+#[derive(Debug, Clone, Copy)]
+pub enum Waits {
+    Whole(Duration),
+    Transfer { connect: Duration, idle: Duration },
+}
+
 /// Builds the client for `url` (when given) or the `listen` setting, with
 /// the token from `token_file` on every request.
 pub fn endpoint(
     url: Option<&str>,
     listen: &crate::startup::config::Listen,
     token_file: Option<&std::path::Path>,
-    timeout: Duration,
+    waits: Waits,
 ) -> Result<LoaderEndpoint, CliError> {
     use crate::startup::config::Listen;
     // reqwest is built without a crypto provider (one TLS stack for the crate): add ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(timeout)
-        .timeout(timeout);
+    let mut builder = match waits {
+        Waits::Whole(timeout) => reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout),
+        Waits::Transfer { connect, idle } => reqwest::Client::builder()
+            .connect_timeout(connect)
+            .read_timeout(idle),
+    };
     let (base, shown) = match (url, listen) {
         (Some(url), _) => {
             let base = url.trim_end_matches('/').to_owned();
@@ -124,7 +137,7 @@ pub fn endpoint(
 }
 
 /// The error and its causes on one line (reqwest's own text names only the URL).
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -136,7 +149,7 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// The innermost cause (`Connection refused (os error 111)`), which says it best.
-fn root_cause(error: &dyn std::error::Error) -> String {
+pub fn root_cause(error: &dyn std::error::Error) -> String {
     let mut cause = error;
     while let Some(next) = cause.source() {
         cause = next;
@@ -215,7 +228,7 @@ pub async fn run(args: StatusArgs) -> Result<(), CliError> {
         args.url.as_deref(),
         &listen,
         token_file.as_deref(),
-        Duration::from_secs(args.timeout_secs),
+        Waits::Whole(Duration::from_secs(args.timeout_secs)),
     )?;
     let health = get_json(&client, &base, &shown, "/health").await?;
     let status = get_json(&client, &base, &shown, "/status").await?;
