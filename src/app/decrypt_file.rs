@@ -80,3 +80,88 @@ where
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::cipher::encrypt;
+    use crate::domain::keys::AesKey;
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    async fn decrypt_file(ciphertext: &[u8], key: &AesKey) -> (Vec<u8>, Option<String>, u64, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file.enc");
+        std::fs::write(&path, ciphertext).unwrap();
+        let file = tokio::fs::File::open(&path).await.unwrap();
+        let (read, ended) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (r, e) = (read.clone(), ended.clone());
+        let mut stream = decrypting_file(
+            file,
+            Decryptor::new(key).with_expected_len(ciphertext.len() as u64),
+            "the test file",
+            move |n| {
+                r.fetch_add(n, Ordering::Relaxed);
+            },
+            move || e.store(true, Ordering::Relaxed),
+        );
+        let mut plain = Vec::new();
+        let mut error = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => plain.extend_from_slice(&chunk),
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        (
+            plain,
+            error,
+            read.load(Ordering::Relaxed),
+            ended.load(Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_plaintext_byte_comes_out_whatever_the_length_and_the_end_is_heard_once_valid() {
+        let key = AesKey::from_archive_fragment(b"decrypt-file-test");
+        // Lengths around the 1 MiB read and the 16-byte block, the last one partial.
+        for len in [
+            0usize,
+            1,
+            15,
+            16,
+            17,
+            READ_CHUNK - 1,
+            READ_CHUNK + 5,
+            2 * READ_CHUNK + 31,
+        ] {
+            let plain = crate::test_support::pattern(len, 7);
+            let ciphertext = encrypt(&key, [9; 16], &plain);
+            let (got, error, read, ended) = decrypt_file(&ciphertext, &key).await;
+            assert_eq!(error, None, "{len}");
+            assert!(
+                got == plain,
+                "{len}: {} bytes out of {}",
+                got.len(),
+                plain.len()
+            );
+            assert_eq!(read, ciphertext.len() as u64, "{len}");
+            assert!(ended, "{len}: on_end not called");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_under_the_wrong_key_ends_in_an_error_naming_it_and_no_end() {
+        let plain = crate::test_support::pattern(1000, 8);
+        let ciphertext = encrypt(&AesKey::from_archive_fragment(b"right"), [9; 16], &plain);
+        let (_, error, _, ended) =
+            decrypt_file(&ciphertext, &AesKey::from_archive_fragment(b"wrong")).await;
+        let error = error.expect("an error");
+        assert!(error.contains("the test file does not decrypt"), "{error}");
+        assert!(!ended);
+    }
+}

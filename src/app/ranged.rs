@@ -384,4 +384,81 @@ mod tests {
         assert!(error.to_string().contains("more than the range"), "{error}");
         assert_eq!(got, data[..SEGMENT as usize], "only the first segment");
     }
+
+    /// A CDN that answers a range with the right length but ends it early.
+    struct Undersending(Arc<FakeObjectStore>);
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Undersending {
+        async fn get(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            from: u64,
+        ) -> Result<ObjectBody, crate::ports::StoreError> {
+            self.0.get(bucket, key, from).await
+        }
+
+        async fn get_range(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            from: u64,
+            to: u64,
+            _version: Option<&str>,
+        ) -> Result<ObjectBody, crate::ports::StoreError> {
+            let body = self.0.get(bucket, key, from).await?;
+            let half = (to - from) / 2;
+            Ok(ObjectBody {
+                len: to - from,
+                stream: crate::ports::object_store::take_bytes(body.stream, half),
+                ..body
+            })
+        }
+
+        async fn put_tagged(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            body: ByteStream,
+            small_sha256: Option<&str>,
+        ) -> Result<(), crate::ports::StoreError> {
+            self.0.put_tagged(bucket, key, body, small_sha256).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_range_that_ends_early_is_asked_again_and_never_handed_on_short() {
+        let (store, data, first) = setup(3 * SEGMENT as usize).await;
+        let undersending: Arc<dyn ObjectStore> = Arc::new(Undersending(store.clone()));
+        let mut body = parallel_body(
+            undersending,
+            Folder::parse("models").unwrap(),
+            "m.big".into(),
+            first,
+            CdnReads {
+                segment: SEGMENT,
+                parallel: 2,
+            },
+        );
+        let mut got = Vec::new();
+        let error = loop {
+            match body.next().await {
+                Some(Ok(chunk)) => got.extend_from_slice(&chunk),
+                Some(Err(e)) => break e,
+                None => panic!("a short range was handed on as whole"),
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+        assert_eq!(got, data[..SEGMENT as usize], "only the first segment");
+        // Each try picks up where the last stopped: SEGMENT_ATTEMPTS ranged reads
+        // for the second segment (the third may have started too).
+        let second: Vec<u64> = store
+            .gets()
+            .into_iter()
+            .map(|(_, at)| at)
+            .filter(|&at| (SEGMENT..2 * SEGMENT).contains(&at))
+            .collect();
+        assert_eq!(second.len(), SEGMENT_ATTEMPTS as usize, "{second:?}");
+    }
 }
