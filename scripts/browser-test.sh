@@ -57,7 +57,13 @@ BASE="http://127.0.0.1:$PORT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/azaion-browser.XXXXXX")
 STACK_PID=""
 
+SLOW_PID=""
 stop_stack() {
+    if [[ -n "$SLOW_PID" ]]; then
+        kill "$SLOW_PID" 2>/dev/null || true
+        wait "$SLOW_PID" 2>/dev/null || true
+        SLOW_PID=""
+    fi
     if [[ -n "$STACK_PID" ]] && kill -0 "$STACK_PID" 2>/dev/null; then
         kill "$STACK_PID" 2>/dev/null || true
         wait "$STACK_PID" 2>/dev/null || true
@@ -100,11 +106,28 @@ curl -fsS -o "$WORK/demo.txt" -X POST "$BASE/load/demo.txt" -H 'content-type: ap
     { log "loading demo.txt failed"; exit 1; }
 log "logged in and loaded demo.txt ($(wc -c <"$WORK/demo.txt") bytes)"
 
+# A transfer in progress while the browser looks (issue 13): an 8 MiB
+# resource, uploaded, then loaded by a client that reads 64 KiB/s (about two
+# minutes: it outlasts both browser runs; cleanup stops it).
+head -c $((8 << 20)) /dev/urandom >"$WORK/slow.bin"
+curl -fsS -o /dev/null -X POST "$BASE/upload/slow.bin" -F folder=models -F "data=@$WORK/slow.bin" ||
+    { log "uploading slow.bin failed"; exit 1; }
+curl -sS -o /dev/null --limit-rate 64K -X POST "$BASE/load/slow.bin" -H 'content-type: application/json' \
+    -d '{"folder":"models"}' &
+SLOW_PID=$!
+listed() { [[ "$(curl -fsS "$BASE/transfers")" == *'"models/slow.bin"'* ]]; }
+for _ in $(seq 1 50); do
+    listed && break
+    sleep 0.1
+done
+listed || { log "the slow load is not listed in /transfers"; exit 1; }
+
 # --- the browser -------------------------------------------------------------------
 # Virtual time the page runs for before the DOM is dumped: the page polls once
 # a second (ROUND_MS in status.js), so 5 s covers the first round and at least
 # four more.
-VIRTUAL_TIME_MS=5000
+# Long enough for two slow poll rounds (5 s apart): the throughput chart needs two samples.
+VIRTUAL_TIME_MS=7000
 chromium_run() { # extra flags... URL: a fresh profile each run, nothing from the network
     local profile
     profile=$(mktemp -d "$WORK/profile.XXXXXX")
@@ -129,13 +152,16 @@ expect "the service is healthy" 'id="health"[^>]*>healthy<'
 expect "the loader is logged in" 'id="session"[^>]*>logged in<'
 expect "the AES implementation is shown" 'id="crypto"[^>]*>(aes-ni|armv8|software)<'
 expect "demo.txt is listed in the cache" '<td>demo\.txt</td>'
-expect "the cache counts one entry" 'id="cache-entries"[^>]*>1<'
+expect "the cache counts two entries (demo.txt, slow.bin)" 'id="cache-entries"[^>]*>2<'
 expect "the unlock state is shown" \
     'id="unlock-state"[^>]*>(idle|authenticating|downloading key|decrypting|loading images|ready|error)<'
 expect "the unlock poll ran" 'id="updated"[^>]*datetime="[0-9]{4}-'
 expect "the page refreshes by itself (at least 2 poll rounds)" \
     'id="updated"[^>]*data-polls="([2-9]|[1-9][0-9]+)"'
 expect "no client token was asked for (none is configured)" '<form id="token-form"[^>]*hidden'
+expect "the slow load is shown as a transfer in progress" '<td>load</td><td>models/slow\.bin</td><td><progress'
+expect "the throughput chart has its two lines" '<polyline class="served" points="[0-9]'
+expect "the throughput is stated in words" 'id="throughput-note"[^>]*>Now: <span class="legend-served">served '
 if grep -q 'checking…' "$WORK/dom.html"; then
     log "MISSING: a value still shows its placeholder (checking…)"
     failures=$((failures + 1))

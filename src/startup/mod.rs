@@ -93,6 +93,7 @@ pub fn app_state(config: &Config, ports: Ports) -> AppState {
         ));
         AppState {
             readiness,
+            transfers: Arc::default(),
             session,
             resources,
             unlock,

@@ -198,3 +198,40 @@ async fn verify_finds_and_removes_a_damaged_entry_and_keeps_the_rest() {
     let again = TestApp::json(app.post_json("/cache/verify", json!({})).await).await;
     assert_eq!(again, json!({"checked": 1, "damaged": []}));
 }
+
+#[tokio::test]
+async fn a_load_in_progress_is_listed_with_its_bytes_until_it_ends() {
+    let app = TestApp::logged_in().await;
+    // Larger than what the socket buffers hold: the stream is still running below.
+    let plain = pattern(32 << 20, 60);
+    app.seed(FOLDER, "long.bin", &plain);
+    let transfers =
+        || async { TestApp::json(app.get("/transfers").await).await["transfers"].clone() };
+    assert_eq!(transfers().await, json!([]));
+
+    let mut response = app.load("long.bin", FOLDER).await;
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().expect("a first chunk");
+    let listed = transfers().await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["kind"], "load");
+    assert_eq!(listed[0]["resource"], format!("{FOLDER}/long.bin"));
+    let done = listed[0]["bytes_done"].as_u64().unwrap();
+    assert!(
+        done >= first.len() as u64 && done < plain.len() as u64,
+        "{done}"
+    );
+
+    // Read to the end: the transfer is off the list.
+    let mut got = first.len();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        got += chunk.len();
+    }
+    assert_eq!(got, plain.len());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while transfers().await != json!([]) {
+        assert!(tokio::time::Instant::now() < deadline, "still listed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -24,6 +24,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("delete", "/cache/{folder}/{filename}"),
     ("post", "/prefetch/{filename}"),
     ("get", "/metrics"),
+    ("get", "/transfers"),
 ];
 
 async fn document(app: &TestApp) -> Value {

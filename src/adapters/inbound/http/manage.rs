@@ -82,8 +82,13 @@ pub async fn prefetch(
             Prefetch::Fetching(job) => {
                 let total = job.big_len();
                 let (progress, seen) = tokio::sync::watch::channel(0u64);
+                let transfer =
+                    state
+                        .transfers
+                        .start("prefetch", format!("{folder}/{name}"), Some(total));
                 // Its own task: a client that hangs up does not stop the read.
                 let run = tokio::spawn(job.run(move |done| {
+                    transfer.set(done);
                     progress.send_replace(done);
                 }));
                 let watch = Watch {

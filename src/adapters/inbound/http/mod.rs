@@ -21,6 +21,7 @@ mod openapi;
 mod page;
 pub mod serve;
 mod spool;
+pub mod transfers;
 mod upload;
 pub mod write_idle;
 
@@ -53,7 +54,7 @@ use crate::domain::names::{Folder, ResourceName};
 use crate::ports::Credentials;
 use openapi::{
     CredentialsBody, HealthBody, LoadBody, MissingBody, OkBody, ReadyBody, ResourceBytes,
-    StatusBody, UnlockProgressBody, UnlockStartBody, UnlockStatusBody,
+    StatusBody, TransfersBody, UnlockProgressBody, UnlockStartBody, UnlockStatusBody,
 };
 
 pub use upload::UploadLimits;
@@ -73,6 +74,8 @@ pub struct AppState {
     pub uploads: UploadLimits,
     /// What `GET /ready` checks.
     pub readiness: Arc<Readiness>,
+    /// Loads, prefetches and uploads in progress (`GET /transfers`).
+    pub transfers: Arc<transfers::Transfers>,
 }
 
 /// JSON bodies are small; uploads have their own (streaming) route.
@@ -104,6 +107,7 @@ pub fn router(state: AppState, policy: boundary::CallerPolicy) -> Router {
         .route("/prefetch/{filename}", post(manage::prefetch))
         .route("/prefetch/", post(empty_name))
         .route("/metrics", get(observe::metrics))
+        .route("/transfers", get(transfers_list))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Innermost first: each layer below wraps the ones above it.
@@ -439,9 +443,15 @@ async fn load(
     let folder = Folder::parse(&body.folder)?;
     let download = state.resources.download(&folder, &name).await?;
     let metrics = state.metrics.clone();
+    // Listed until the stream ends or the client goes.
+    let transfer =
+        state
+            .transfers
+            .start("load", format!("{folder}/{name}"), download.plaintext_len);
     let plaintext = download.plaintext.inspect(move |chunk| {
         if let Ok(bytes) = chunk {
             metrics.add_load_bytes(bytes.len() as u64);
+            transfer.add(bytes.len() as u64);
         }
     });
     let mut response = Response::new(Body::from_stream(plaintext));
@@ -500,6 +510,19 @@ async fn unlock_status(State(state): State<AppState>) -> Json<UnlockStatusBody> 
             phase_elapsed_ms: u64::try_from(status.progress.phase_elapsed.as_millis())
                 .unwrap_or(u64::MAX),
         },
+    })
+}
+
+/// The loads, prefetches and uploads in progress, for the status page.
+#[utoipa::path(
+    get,
+    path = "/transfers",
+    tag = "loader",
+    responses((status = 200, description = "Each transfer in progress with its bytes, total when known and rate", body = TransfersBody))
+)]
+async fn transfers_list(State(state): State<AppState>) -> Json<TransfersBody> {
+    Json(TransfersBody {
+        transfers: state.transfers.list(),
     })
 }
 

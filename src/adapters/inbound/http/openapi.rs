@@ -198,6 +198,31 @@ pub struct RemovedBody {
     pub freed_bytes: u64,
 }
 
+/// One transfer in progress (`GET /transfers`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransferBody {
+    /// `load`, `prefetch` or `upload`.
+    #[schema(example = "load")]
+    pub kind: String,
+    /// `folder/name` (an upload: its name until its folder field arrives).
+    #[schema(example = "models/demo.txt")]
+    pub resource: String,
+    pub bytes_done: u64,
+    /// Null when the length is not known ahead (a load from the CDN).
+    #[schema(required = true)]
+    pub bytes_total: Option<u64>,
+    pub elapsed_ms: u64,
+    /// Average since the start.
+    pub rate_bytes_per_sec: u64,
+}
+
+/// `GET /transfers`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransfersBody {
+    /// Oldest first.
+    pub transfers: Vec<TransferBody>,
+}
+
 /// What `POST /cache/verify` found.
 #[derive(Serialize, ToSchema)]
 pub struct VerifyBody {
@@ -297,6 +322,7 @@ pub struct UploadForm {
         super::manage::remove_entry,
         super::manage::prune,
         super::manage::verify,
+        super::transfers_list,
         super::page::status_page,
         super::observe::metrics,
         openapi_json,
@@ -318,6 +344,8 @@ pub struct UploadForm {
         PruneBody,
         RemovedBody,
         VerifyBody,
+        TransferBody,
+        TransfersBody,
         PrefetchLine,
         CredentialsBody,
         LoadBody,

@@ -60,7 +60,7 @@ static PAGE: LazyLock<Page> = LazyLock::new(|| {
     get,
     path = "/",
     tag = "meta",
-    responses((status = 200, description = "The status page: one self-contained HTML document that polls /health, /status, /cache and /unlock/status", content_type = "text/html", body = String))
+    responses((status = 200, description = "The status page: one self-contained HTML document that polls /health, /status, /cache, /transfers, /metrics and /unlock/status", content_type = "text/html", body = String))
 )]
 pub async fn status_page() -> Response {
     let page = &*PAGE;

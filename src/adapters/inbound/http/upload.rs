@@ -156,12 +156,19 @@ pub async fn upload(
     }
     let slot = state.resources.transfer_slot().await?;
 
-    let (guarded, violation) = GuardedBody::new(
-        body.into_data_stream(),
-        &boundary,
-        limits.max_upload_bytes,
-        BODY_IDLE,
+    // Listed by its name (the folder is a form field) and the body's bytes.
+    let transfer = state.transfers.start(
+        "upload",
+        name.as_str().to_owned(),
+        declared_length(&headers),
     );
+    let counted = futures::StreamExt::inspect(body.into_data_stream(), move |chunk| {
+        if let Ok(bytes) = chunk {
+            transfer.add(bytes.len() as u64);
+        }
+    });
+    let (guarded, violation) =
+        GuardedBody::new(counted, &boundary, limits.max_upload_bytes, BODY_IDLE);
     let constraints = multer::Constraints::new()
         .allowed_fields(vec!["folder", "data"])
         .size_limit(multer::SizeLimit::new().for_field("folder", FOLDER_FIELD_MAX));

@@ -15,6 +15,7 @@
     cacheProblem: byId("cache-problem"), updated: byId("updated"),
     tokenForm: byId("token-form"), tokenInput: byId("token-input"), tokenRefused: byId("token-refused"),
     tokenStored: byId("token-stored"), tokenForget: byId("token-forget"),
+    transferRows: byId("transfer-rows"), throughput: byId("throughput"), throughputNote: byId("throughput-note"),
   };
 
   const HINTS = {
@@ -131,6 +132,21 @@
       throw new Error(path + " answered " + response.status + (detail ? ": " + detail : ""));
     }
     return response.json();
+  }
+
+  // The Prometheus text of /metrics (the same token rules as the JSON routes).
+  async function getText(path) {
+    const sent = token.get();
+    const headers = { accept: "text/plain" };
+    if (sent) headers.authorization = "Bearer " + sent;
+    const signal = typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : undefined;
+    const response = await fetch(path, { cache: "no-store", headers, signal });
+    if (response.status === 401) {
+      tokenRefusedBy(sent);
+      throw new TokenNeeded(path);
+    }
+    if (!response.ok) throw new Error(path + " answered " + response.status);
+    return response.text();
   }
 
   // --- the token form --------------------------------------------------------
@@ -300,6 +316,115 @@
     }
   }
 
+  function cell(text, className) {
+    const node = document.createElement("td");
+    node.textContent = String(text ?? "");
+    if (className) node.className = className;
+    return node;
+  }
+
+  function transferRow(t) {
+    const done = count(t.bytes_done);
+    const total = Number.isFinite(t.bytes_total) && t.bytes_total > 0 ? t.bytes_total : null;
+    const bar = document.createElement("progress");
+    const share = total === null ? null : Math.floor((Math.min(done, total) / total) * 100);
+    if (total !== null) {
+      bar.max = total;
+      bar.value = Math.min(done, total);
+      bar.textContent = share + "%";
+    }
+    bar.setAttribute("aria-label", String(t.resource ?? "") + (share === null ? ": length not known yet" : ": " + share + "%"));
+    const progress = document.createElement("td");
+    progress.append(bar);
+    const row = document.createElement("tr");
+    row.append(
+      cell(t.kind),
+      cell(t.resource),
+      progress,
+      cell(bytes(done) + (total === null ? "" : " of " + bytes(total)), "num"),
+      cell(bytes(t.rate_bytes_per_sec) + "/s", "num"),
+    );
+    return row;
+  }
+
+  function transferMessage(text) {
+    const row = document.createElement("tr");
+    const only = cell(text, "muted");
+    only.colSpan = 5;
+    row.append(only);
+    el.transferRows.replaceChildren(row);
+  }
+
+  async function refreshTransfers() {
+    try {
+      const body = await getJson("/transfers");
+      const list = Array.isArray(body.transfers) ? body.transfers : [];
+      if (list.length === 0) transferMessage("No transfer in progress.");
+      else el.transferRows.replaceChildren(...list.map(transferRow));
+    } catch (e) {
+      transferMessage(e instanceof TokenNeeded ? "Shown once the loader's client token is given above." : "The transfers could not be read: " + e.message);
+    }
+  }
+
+  // The throughput chart: the byte counters of /metrics sampled every slow
+  // round, as rates between samples, drawn as two lines of an inline SVG.
+  const SAMPLES = 61;
+  const samples = [];
+  // The namespace of the page's own <svg> element (no address written here).
+  const SVG = el.throughput.namespaceURI;
+
+  function counter(text, name) {
+    const match = text.match(new RegExp("^" + name + " ([0-9.eE+]+)$", "m"));
+    return match ? Number(match[1]) : 0;
+  }
+
+  function line(className, rates, key, peak) {
+    const node = document.createElementNS(SVG, "polyline");
+    node.setAttribute("class", className);
+    const step = 300 / (SAMPLES - 2);
+    const start = 300 - step * (rates.length - 1);
+    node.setAttribute("points", rates.map((r, i) => (start + i * step).toFixed(1) + "," + (58 - (r[key] / peak) * 54).toFixed(1)).join(" "));
+    return node;
+  }
+
+  function drawThroughput() {
+    const rates = [];
+    for (let i = 1; i < samples.length; i += 1) {
+      const seconds = Math.max(0.001, (samples[i].at - samples[i - 1].at) / 1000);
+      rates.push({
+        served: Math.max(0, samples[i].served - samples[i - 1].served) / seconds,
+        uploaded: Math.max(0, samples[i].uploaded - samples[i - 1].uploaded) / seconds,
+      });
+    }
+    if (rates.length === 0) return;
+    const peak = Math.max(1, ...rates.map((r) => Math.max(r.served, r.uploaded)));
+    el.throughput.replaceChildren(line("served", rates, "served", peak), line("uploaded", rates, "uploaded", peak));
+    const last = rates[rates.length - 1];
+    const served = document.createElement("span");
+    served.className = "legend-served";
+    served.textContent = "served " + bytes(last.served) + "/s";
+    const uploaded = document.createElement("span");
+    uploaded.className = "legend-uploaded";
+    uploaded.textContent = "uploaded " + bytes(last.uploaded) + "/s";
+    const quiet = rates.every((r) => r.served === 0 && r.uploaded === 0);
+    el.throughputNote.replaceChildren("Now: ", served, ", ", uploaded, quiet ? " · no traffic in this window" : " · peak " + bytes(peak) + "/s");
+  }
+
+  async function refreshThroughput() {
+    try {
+      const text = await getText("/metrics");
+      samples.push({
+        at: Date.now(),
+        served: counter(text, "azaion_load_bytes_total"),
+        uploaded: counter(text, "azaion_upload_bytes_total"),
+      });
+      while (samples.length > SAMPLES) samples.shift();
+      drawThroughput();
+    } catch (e) {
+      setText(el.throughputNote, e instanceof TokenNeeded ? "Shown once the loader's client token is given above." : "The metrics could not be read: " + e.message);
+    }
+  }
+
   // One poll round every second: the unlock state each time, the service and
   // the cache every 5 s (and at once after a token is given or forgotten).
   // Rounds never overlap; each completed round updates the footer's time
@@ -319,11 +444,11 @@
     inFlight = true;
     clearTimeout(timer);
     try {
-      const rounds = [refreshUnlock()];
+      const rounds = [refreshUnlock(), refreshTransfers()];
       const now = Date.now();
       if (forceSlow || now - lastSlow >= SLOW_MS) {
         lastSlow = now;
-        rounds.push(refreshService(), refreshCache());
+        rounds.push(refreshService(), refreshCache(), refreshThroughput());
       }
       await Promise.all(rounds);
       stamp();
