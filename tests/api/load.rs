@@ -160,6 +160,50 @@ async fn a_session_that_failed_its_renewal_works_again_after_a_call_goes_through
 }
 
 #[tokio::test]
+async fn a_call_that_succeeds_with_an_older_session_does_not_vouch_for_the_current_one() {
+    let app = std::sync::Arc::new(TestApp::logged_in().await);
+    let plain = pattern(100, 16);
+    app.seed(FOLDER, "m.bin", &plain);
+    let before = app.api.calls(FakeRoute::GetResource);
+    // Load A holds the first session, its small-part call stalled.
+    app.api.stall_next(
+        FakeRoute::GetResource,
+        1,
+        std::time::Duration::from_millis(1500),
+    );
+    let slow = {
+        let app = app.clone();
+        tokio::spawn(async move { app.load("m.bin", FOLDER).await.status() })
+    };
+    while app.api.calls(FakeRoute::GetResource) == before {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Load B: a 401 and a renewal: a second session, working.
+    app.api
+        .fail_next(FakeRoute::GetResource, 1, ApiError::Unauthorized);
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 200);
+    // Load C: a 401 and a renewal that cannot reach the API: the second session is not working.
+    app.api
+        .fail_next(FakeRoute::GetResource, 1, ApiError::Unauthorized);
+    app.api.fail_next(
+        FakeRoute::Login,
+        1,
+        ApiError::Unavailable("connection refused".into()),
+    );
+    assert_eq!(app.load("m.bin", FOLDER).await.status(), 503);
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        false
+    );
+    // A's call goes through with the first session: that says nothing of the second.
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        TestApp::json(app.get("/status").await).await["authenticated"],
+        false
+    );
+}
+
+#[tokio::test]
 async fn a_renewal_refused_by_the_api_logs_out() {
     let app = TestApp::logged_in().await;
     app.seed(FOLDER, "m.bin", &pattern(100, 14));
