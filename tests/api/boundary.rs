@@ -28,6 +28,13 @@ fn routes() -> Vec<(&'static str, &'static str, Option<serde_json::Value>)> {
             Some(json!({"filename": "model.bin", "folder": FOLDER})),
         ),
         ("POST", "/unlock", Some(creds)),
+        // Issue 13's routes, under the same rules.
+        ("GET", "/ready", None),
+        ("GET", "/transfers", None),
+        ("POST", "/prefetch/model.bin", Some(json!({"folder": FOLDER}))),
+        ("DELETE", "/cache/models/model.bin", None),
+        ("POST", "/cache/prune", Some(json!({"max_bytes": 0}))),
+        ("POST", "/cache/verify", None),
     ]
 }
 
