@@ -271,5 +271,12 @@ mod tests {
             exact_plaintext_len(&key, &encrypted[..8], &encrypted[8..24], 24),
             None
         );
+        // A tail longer than TAIL_LEN is not the last two blocks: refused,
+        // though its own last block would decrypt with valid padding.
+        let (small, big) = encrypted.split_at(60);
+        assert_eq!(
+            exact_plaintext_len(&key, small, &big[big.len() - 3 * 16..], total),
+            None
+        );
     }
 }
