@@ -6,6 +6,15 @@
 //! version, `parallel - 1` of them in flight (`futures`' `buffered` over
 //! spawned tasks), handed on strictly in order.
 //! Memory per download: at most `parallel` segments (16 MiB by default).
+//!
+//! Some servers answer a ranged GET by reading the whole object first (moto,
+//! a CDN edge that fetches from its origin before it answers): there every
+//! range costs a whole read, and parallel ranges turn seconds into minutes
+//! (issue 16, P10). So the first ranged segment is given a bounded
+//! patience, measured against how long the plain stream took for the first
+//! segment: if it is late, the ranged reads are dropped and the first GET,
+//! held open and already positioned after the first segment, is read on to
+//! the end.
 
 use std::io;
 use std::sync::Arc;
@@ -15,7 +24,6 @@ use futures::{StreamExt, TryStreamExt, future, stream};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::domain::names::Folder;
-use crate::ports::object_store::take_bytes;
 use crate::ports::{ByteStream, ObjectBody, ObjectStore};
 
 /// How a big part is read from the CDN.
@@ -35,6 +43,12 @@ impl Default for CdnReads {
         }
     }
 }
+
+/// The first ranged segment may take this many times as long as the plain
+/// stream took for the first segment, per read in flight (they share the
+/// link), and at least [`MIN_PATIENCE`], before the ranges are given up.
+const PATIENCE_FACTOR: u32 = 2;
+const MIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Tries per segment; a cut one is asked again from where it stopped.
 const SEGMENT_ATTEMPTS: u32 = 3;
@@ -103,17 +117,118 @@ pub fn parallel_body(
             Err(e) => Err(io::Error::other(e)),
         })
         .try_flatten();
-    take_bytes(first.stream, segment)
-        .chain(rest)
-        // Nothing after a failure: the reader sees the error last.
-        .scan(false, |failed, item| {
-            if *failed {
-                return future::ready(None);
+    let adaptive = Adaptive {
+        first: Some(first.stream),
+        first_left: segment,
+        spare: None,
+        rest: Some(rest.boxed()),
+        phase: Phase::First,
+        opened: std::time::Instant::now(),
+        parallel: reads.parallel,
+    };
+    stream::unfold(adaptive, |mut a| async move {
+        let item = a.next().await?;
+        Some((item, a))
+    })
+    // Nothing after a failure: the reader sees the error last.
+    .scan(false, |failed, item| {
+        if *failed {
+            return future::ready(None);
+        }
+        *failed = item.is_err();
+        future::ready(Some(item))
+    })
+    .boxed()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The first segment, from the first (plain) GET.
+    First,
+    /// Waiting, with patience, for the first ranged segment.
+    FirstRange,
+    /// The ranges keep up: the rest comes from them.
+    Ranged,
+    /// The ranges were too slow: the rest comes from the first GET.
+    Plain,
+}
+
+/// The first segment from the plain GET, then the ranged segments, or the
+/// plain GET to the end when the first ranged one is late.
+struct Adaptive {
+    first: Option<ByteStream>,
+    /// Bytes of the first segment not yet handed on.
+    first_left: u64,
+    /// Bytes the plain GET sent past the first segment (kept for a fallback).
+    spare: Option<Bytes>,
+    rest: Option<futures::stream::BoxStream<'static, io::Result<Bytes>>>,
+    phase: Phase,
+    opened: std::time::Instant,
+    parallel: usize,
+}
+
+impl Adaptive {
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            match self.phase {
+                Phase::First if self.first_left == 0 => self.phase = Phase::FirstRange,
+                Phase::First => {
+                    let stream = self.first.as_mut()?;
+                    return Some(match stream.next().await {
+                        Some(Ok(mut chunk)) => {
+                            if chunk.len() as u64 > self.first_left {
+                                // `first_left` is below a chunk's length: it fits in usize.
+                                let at = usize::try_from(self.first_left).unwrap_or(chunk.len());
+                                self.spare = Some(chunk.split_off(at));
+                            }
+                            self.first_left -= chunk.len() as u64;
+                            Ok(chunk)
+                        }
+                        Some(Err(e)) => Err(e),
+                        None => Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("the body ended {} bytes early", self.first_left),
+                        )),
+                    });
+                }
+                Phase::FirstRange => {
+                    let took = self.opened.elapsed();
+                    let patience = took
+                        .saturating_mul(
+                            PATIENCE_FACTOR * u32::try_from(self.parallel).unwrap_or(16),
+                        )
+                        .max(MIN_PATIENCE);
+                    let rest = self.rest.as_mut()?;
+                    match tokio::time::timeout(patience, rest.next()).await {
+                        Ok(item) => {
+                            // The ranges keep up: the plain GET is not needed any more.
+                            self.first = None;
+                            self.spare = None;
+                            self.phase = Phase::Ranged;
+                            return item;
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                patience_ms = patience.as_millis() as u64,
+                                "the CDN is slow to answer ranged reads (it may read the whole object for each): \
+                                 reading the big part in one GET"
+                            );
+                            // Dropping them aborts the ranged reads in flight.
+                            self.rest = None;
+                            self.phase = Phase::Plain;
+                        }
+                    }
+                }
+                Phase::Ranged => return self.rest.as_mut()?.next().await,
+                Phase::Plain => {
+                    if let Some(spare) = self.spare.take().filter(|s| !s.is_empty()) {
+                        return Some(Ok(spare));
+                    }
+                    return self.first.as_mut()?.next().await;
+                }
             }
-            *failed = item.is_err();
-            future::ready(Some(item))
-        })
-        .boxed()
+        }
+    }
 }
 
 /// Bytes `from..to` of the source's version, whole, copied into one buffer
@@ -460,5 +575,70 @@ mod tests {
             .filter(|&at| (SEGMENT..2 * SEGMENT).contains(&at))
             .collect();
         assert_eq!(second.len(), SEGMENT_ATTEMPTS as usize, "{second:?}");
+    }
+
+    /// An S3 server that reads the whole object before it answers a range
+    /// (moto does; so may a CDN edge that goes to its origin first).
+    struct RangesCostAWholeRead(Arc<FakeObjectStore>);
+
+    #[async_trait::async_trait]
+    impl ObjectStore for RangesCostAWholeRead {
+        async fn get(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            from: u64,
+        ) -> Result<ObjectBody, crate::ports::StoreError> {
+            self.0.get(bucket, key, from).await
+        }
+
+        async fn get_range(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            from: u64,
+            to: u64,
+            version: Option<&str>,
+        ) -> Result<ObjectBody, crate::ports::StoreError> {
+            // A minute per range: the whole object read first.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            self.0.get_range(bucket, key, from, to, version).await
+        }
+
+        async fn put_tagged(
+            &self,
+            bucket: &Folder,
+            key: &str,
+            body: ByteStream,
+            small_sha256: Option<&str>,
+        ) -> Result<(), crate::ports::StoreError> {
+            self.0.put_tagged(bucket, key, body, small_sha256).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_ranges_are_given_up_for_the_first_plain_get_read_to_the_end() {
+        let (store, data, first) = setup(40 * SEGMENT as usize + 123).await;
+        let slow: Arc<dyn ObjectStore> = Arc::new(RangesCostAWholeRead(store.clone()));
+        let mut body = parallel_body(
+            slow,
+            Folder::parse("models").unwrap(),
+            "m.big".into(),
+            first,
+            CdnReads {
+                segment: SEGMENT,
+                parallel: 4,
+            },
+        );
+        let started = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(got == data, "{} bytes of {}", got.len(), data.len());
+        // Every byte came from the one plain GET: no range was answered.
+        assert_eq!(store.gets(), [("m.big".to_owned(), 0)]);
+        // (Paused time: the patience ran out, not the minute of a range.)
+        assert!(started.elapsed() < Duration::from_secs(60));
     }
 }

@@ -31,7 +31,11 @@ fn routes() -> Vec<(&'static str, &'static str, Option<serde_json::Value>)> {
         // Issue 13's routes, under the same rules.
         ("GET", "/ready", None),
         ("GET", "/transfers", None),
-        ("POST", "/prefetch/model.bin", Some(json!({"folder": FOLDER}))),
+        (
+            "POST",
+            "/prefetch/model.bin",
+            Some(json!({"folder": FOLDER})),
+        ),
         ("DELETE", "/cache/models/model.bin", None),
         ("POST", "/cache/prune", Some(json!({"max_bytes": 0}))),
         ("POST", "/cache/verify", None),

@@ -181,3 +181,61 @@ async fn two_hundred_fifty_six_connections_for_a_minute_lose_nothing_and_memory_
         "peak RSS {peak} KiB for 256 connections"
     );
 }
+
+/// Issue 16, P10: an S3 server that reads the whole object for every ranged
+/// GET (moto; a CDN edge that fetches from its origin) must not turn a load
+/// into one whole read per segment. The loader gives the first ranged
+/// segment a bounded patience and then reads the first GET to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cdn_that_reads_the_whole_object_per_range_is_read_in_one_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = dev::peers_in(dir.path()).await.unwrap();
+    let slow = crate::e2e::pattern(48 << 20, 5);
+    let normal = crate::e2e::pattern(48 << 20, 6);
+    for (name, plain) in [("slow.bin", &slow), ("normal.bin", &normal)] {
+        dev::seed_resource(
+            &peers.emulator,
+            &peers.cdn,
+            DEMO_FOLDER,
+            name,
+            Bytes::from(plain.clone()),
+        )
+        .await
+        .unwrap();
+    }
+    let loader = spawn_loader(&peers.emulator.base_url(), dir.path(), &[]);
+    loader.login().await;
+
+    // Each ranged GET first reads the whole 48 MiB at 1 MiB/s: 48 s a range,
+    // minutes for the 11 ranges of 4 MiB after the first segment. (The
+    // loader's patience is 8 times what the first segment took, at least
+    // 1 s: about 5 s for this debug build on two busy cores.)
+    peers.s3.read_whole_object_per_range(1 << 20);
+    let before = peers.s3.ranged_gets();
+    let r = loader.load(DEMO_FOLDER, "slow.bin").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.unwrap() == slow,
+        "slow.bin is not byte-exact"
+    );
+    let ranged = peers.s3.ranged_gets() - before;
+    assert!(
+        ranged <= 3,
+        "{ranged} ranged GETs: only those started with the first GET may have gone out"
+    );
+
+    // A server that answers ranges at once gets all of them.
+    peers.s3.read_whole_object_per_range(0);
+    let before = peers.s3.ranged_gets();
+    let r = loader.load(DEMO_FOLDER, "normal.bin").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.unwrap() == normal,
+        "normal.bin is not byte-exact"
+    );
+    assert_eq!(
+        peers.s3.ranged_gets() - before,
+        11,
+        "one ranged GET per segment after the first"
+    );
+}

@@ -55,11 +55,22 @@ enum GetFault {
 
 type Faults = Arc<Mutex<Option<GetFault>>>;
 
+/// How ranged GETs are answered, for every request while set.
+#[derive(Debug, Default)]
+struct RangeMode {
+    /// Bytes per second at which a ranged GET first reads the whole object
+    /// (0: off), as moto does and a CDN edge that fetches from its origin.
+    whole_read_rate: std::sync::atomic::AtomicU64,
+    /// Ranged GETs received.
+    ranged: std::sync::atomic::AtomicU64,
+}
+
 /// A running server; dropping it shuts it down.
 pub struct S3ServerHandle {
     addr: SocketAddr,
     root: PathBuf,
     faults: Faults,
+    ranges: Arc<RangeMode>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -69,10 +80,12 @@ pub async fn start(config: S3ServerConfig) -> io::Result<S3ServerHandle> {
     let fs = s3s_fs::FileSystem::new(&root)
         .map_err(|e| io::Error::other(format!("cannot serve {}: {e:?}", root.display())))?;
     let faults: Faults = Arc::default();
+    let ranges: Arc<RangeMode> = Arc::default();
     let store = CheckedBuckets {
         fs,
         root: root.clone(),
         faults: faults.clone(),
+        ranges: ranges.clone(),
         keys: KeyLocks::default(),
     };
 
@@ -116,6 +129,7 @@ pub async fn start(config: S3ServerConfig) -> io::Result<S3ServerHandle> {
         addr,
         root,
         faults,
+        ranges,
         shutdown,
     })
 }
@@ -166,6 +180,22 @@ impl S3ServerHandle {
         *slot = Some(fault);
     }
 
+    /// From now on every ranged GET first reads the whole object, at
+    /// `bytes_per_sec` (a range-inefficient server: moto, or a CDN edge that
+    /// fetches the whole object from its origin first); 0 turns it off.
+    pub fn read_whole_object_per_range(&self, bytes_per_sec: u64) {
+        self.ranges
+            .whole_read_rate
+            .store(bytes_per_sec, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many ranged GETs the server has received.
+    pub fn ranged_gets(&self) -> u64 {
+        self.ranges
+            .ranged
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops accepting and drops every open connection.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -199,6 +229,7 @@ struct CheckedBuckets {
     fs: s3s_fs::FileSystem,
     root: PathBuf,
     faults: Faults,
+    ranges: Arc<RangeMode>,
     keys: KeyLocks,
 }
 
@@ -367,6 +398,17 @@ impl S3 for CheckedBuckets {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         self.require_bucket(&req.input.bucket).await?;
+        if req.input.range.is_some() {
+            use std::sync::atomic::Ordering;
+            self.ranges.ranged.fetch_add(1, Ordering::Relaxed);
+            let rate = self.ranges.whole_read_rate.load(Ordering::Relaxed);
+            if rate > 0 && !req.input.key.split('/').any(|part| part == "..") {
+                // The whole object, read before the range is answered.
+                let path = self.root.join(&req.input.bucket).join(&req.input.key);
+                let len = tokio::fs::read(&path).await.map_or(0, |b| b.len() as u64);
+                tokio::time::sleep(Duration::from_secs_f64(len as f64 / rate as f64)).await;
+            }
+        }
         let fault = self.take_fault();
         if let Some(GetFault::Delay(pause)) = fault {
             tokio::time::sleep(pause).await;
