@@ -435,11 +435,25 @@ mod tests {
         );
     }
 
-    /// A CDN that answers a range with the right length but sends on past its end.
-    struct Oversending(Arc<FakeObjectStore>);
+    /// How a test CDN answers a ranged GET, given the fake store and the range.
+    type RangeAnswer = Box<
+        dyn Fn(
+                Arc<FakeObjectStore>,
+                Folder,
+                String,
+                u64,
+                u64,
+            )
+                -> futures::future::BoxFuture<'static, Result<ObjectBody, crate::ports::StoreError>>
+            + Send
+            + Sync,
+    >;
+
+    /// The fake store with its ranged GETs answered by `answer`.
+    struct Ranges(Arc<FakeObjectStore>, RangeAnswer);
 
     #[async_trait::async_trait]
-    impl ObjectStore for Oversending {
+    impl ObjectStore for Ranges {
         async fn get(
             &self,
             bucket: &Folder,
@@ -457,9 +471,7 @@ mod tests {
             to: u64,
             _version: Option<&str>,
         ) -> Result<ObjectBody, crate::ports::StoreError> {
-            let mut body = self.0.get(bucket, key, from).await?;
-            body.len = to - from;
-            Ok(body)
+            (self.1)(self.0.clone(), bucket.clone(), key.to_owned(), from, to).await
         }
 
         async fn put_tagged(
@@ -473,10 +485,58 @@ mod tests {
         }
     }
 
+    /// A CDN that answers a range with the right length but sends on past its end.
+    fn oversending(store: &Arc<FakeObjectStore>) -> Arc<dyn ObjectStore> {
+        Arc::new(Ranges(
+            store.clone(),
+            Box::new(|store, bucket, key, from, to| {
+                Box::pin(async move {
+                    let mut body = store.get(&bucket, &key, from).await?;
+                    body.len = to - from;
+                    Ok(body)
+                })
+            }),
+        ))
+    }
+
+    /// A CDN that answers a range with the right length but ends it early.
+    fn undersending(store: &Arc<FakeObjectStore>) -> Arc<dyn ObjectStore> {
+        Arc::new(Ranges(
+            store.clone(),
+            Box::new(|store, bucket, key, from, to| {
+                Box::pin(async move {
+                    let body = store.get(&bucket, &key, from).await?;
+                    Ok(ObjectBody {
+                        len: to - from,
+                        stream: crate::ports::object_store::take_bytes(
+                            body.stream,
+                            (to - from) / 2,
+                        ),
+                        ..body
+                    })
+                })
+            }),
+        ))
+    }
+
+    /// An S3 server that reads the whole object before it answers a range
+    /// (moto does; so may a CDN edge that goes to its origin first): a minute a range.
+    fn ranges_cost_a_whole_read(store: &Arc<FakeObjectStore>) -> Arc<dyn ObjectStore> {
+        Arc::new(Ranges(
+            store.clone(),
+            Box::new(|store, bucket, key, from, to| {
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    store.get_range(&bucket, &key, from, to, None).await
+                })
+            }),
+        ))
+    }
+
     #[tokio::test]
     async fn a_range_answered_with_more_bytes_than_asked_for_is_refused_as_such() {
         let (store, data, first) = setup(3 * SEGMENT as usize).await;
-        let oversending: Arc<dyn ObjectStore> = Arc::new(Oversending(store.clone()));
+        let oversending = oversending(&store);
         let mut body = parallel_body(
             oversending,
             Folder::parse("models").unwrap(),
@@ -500,52 +560,10 @@ mod tests {
         assert_eq!(got, data[..SEGMENT as usize], "only the first segment");
     }
 
-    /// A CDN that answers a range with the right length but ends it early.
-    struct Undersending(Arc<FakeObjectStore>);
-
-    #[async_trait::async_trait]
-    impl ObjectStore for Undersending {
-        async fn get(
-            &self,
-            bucket: &Folder,
-            key: &str,
-            from: u64,
-        ) -> Result<ObjectBody, crate::ports::StoreError> {
-            self.0.get(bucket, key, from).await
-        }
-
-        async fn get_range(
-            &self,
-            bucket: &Folder,
-            key: &str,
-            from: u64,
-            to: u64,
-            _version: Option<&str>,
-        ) -> Result<ObjectBody, crate::ports::StoreError> {
-            let body = self.0.get(bucket, key, from).await?;
-            let half = (to - from) / 2;
-            Ok(ObjectBody {
-                len: to - from,
-                stream: crate::ports::object_store::take_bytes(body.stream, half),
-                ..body
-            })
-        }
-
-        async fn put_tagged(
-            &self,
-            bucket: &Folder,
-            key: &str,
-            body: ByteStream,
-            small_sha256: Option<&str>,
-        ) -> Result<(), crate::ports::StoreError> {
-            self.0.put_tagged(bucket, key, body, small_sha256).await
-        }
-    }
-
     #[tokio::test]
     async fn a_range_that_ends_early_is_asked_again_and_never_handed_on_short() {
         let (store, data, first) = setup(3 * SEGMENT as usize).await;
-        let undersending: Arc<dyn ObjectStore> = Arc::new(Undersending(store.clone()));
+        let undersending = undersending(&store);
         let mut body = parallel_body(
             undersending,
             Folder::parse("models").unwrap(),
@@ -577,49 +595,10 @@ mod tests {
         assert_eq!(second.len(), SEGMENT_ATTEMPTS as usize, "{second:?}");
     }
 
-    /// An S3 server that reads the whole object before it answers a range
-    /// (moto does; so may a CDN edge that goes to its origin first).
-    struct RangesCostAWholeRead(Arc<FakeObjectStore>);
-
-    #[async_trait::async_trait]
-    impl ObjectStore for RangesCostAWholeRead {
-        async fn get(
-            &self,
-            bucket: &Folder,
-            key: &str,
-            from: u64,
-        ) -> Result<ObjectBody, crate::ports::StoreError> {
-            self.0.get(bucket, key, from).await
-        }
-
-        async fn get_range(
-            &self,
-            bucket: &Folder,
-            key: &str,
-            from: u64,
-            to: u64,
-            version: Option<&str>,
-        ) -> Result<ObjectBody, crate::ports::StoreError> {
-            // A minute per range: the whole object read first.
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            self.0.get_range(bucket, key, from, to, version).await
-        }
-
-        async fn put_tagged(
-            &self,
-            bucket: &Folder,
-            key: &str,
-            body: ByteStream,
-            small_sha256: Option<&str>,
-        ) -> Result<(), crate::ports::StoreError> {
-            self.0.put_tagged(bucket, key, body, small_sha256).await
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn slow_ranges_are_given_up_for_the_first_plain_get_read_to_the_end() {
         let (store, data, first) = setup(40 * SEGMENT as usize + 123).await;
-        let slow: Arc<dyn ObjectStore> = Arc::new(RangesCostAWholeRead(store.clone()));
+        let slow = ranges_cost_a_whole_read(&store);
         let mut body = parallel_body(
             slow,
             Folder::parse("models").unwrap(),

@@ -12,7 +12,7 @@ use axum::response::Response;
 use futures::StreamExt;
 
 use super::openapi::{CacheEntryBody, LoadBody, PrefetchLine, PruneBody, RemovedBody, VerifyBody};
-use super::{AppState, ErrorBody, HttpError, JsonBody, path_name};
+use super::{AppState, ErrorBody, HttpError, JsonBody, resource_of};
 use crate::app::resources::Prefetch;
 use crate::domain::names::{Folder, ResourceName};
 
@@ -57,17 +57,7 @@ pub async fn prefetch(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(body): JsonBody<LoadBody>,
 ) -> Result<Response, HttpError> {
-    let filename = path_name(path)?;
-    if let Some(in_body) = &body.filename
-        && in_body != &filename
-    {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "the filename in the body differs from the one in the path",
-        ));
-    }
-    let name = ResourceName::parse(&filename)?;
-    let folder = Folder::parse(&body.folder)?;
+    let (folder, name) = resource_of(path, &body)?;
     let lines: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>> =
         match state.resources.prefetch(&folder, &name).await? {
             Prefetch::Cached { big_len } => futures::stream::once(async move {

@@ -390,6 +390,26 @@ async fn login(
     Ok(Json(OkBody::ok()))
 }
 
+/// The folder and name of a `/load` or `/prefetch` request (§5): the path's
+/// name, which the body's `filename` must equal when given.
+fn resource_of(
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: &LoadBody,
+) -> Result<(Folder, ResourceName), HttpError> {
+    let filename = path_name(path)?;
+    if let Some(in_body) = &body.filename
+        && in_body != &filename
+    {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "the filename in the body differs from the one in the path",
+        ));
+    }
+    let name = ResourceName::parse(&filename)?;
+    let folder = Folder::parse(&body.folder)?;
+    Ok((folder, name))
+}
+
 fn path_name(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<String, HttpError> {
@@ -430,17 +450,7 @@ async fn load(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(body): JsonBody<LoadBody>,
 ) -> Result<Response, HttpError> {
-    let filename = path_name(path)?;
-    if let Some(in_body) = &body.filename
-        && in_body != &filename
-    {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "the filename in the body differs from the one in the path",
-        ));
-    }
-    let name = ResourceName::parse(&filename)?;
-    let folder = Folder::parse(&body.folder)?;
+    let (folder, name) = resource_of(path, &body)?;
     let download = state.resources.download(&folder, &name).await?;
     let metrics = state.metrics.clone();
     // Listed until the stream ends or the client goes.

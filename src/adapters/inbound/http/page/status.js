@@ -116,9 +116,10 @@
   }
 
   const FETCH_TIMEOUT_MS = 10000;
-  async function getJson(path) {
+  // A GET with the token (if any); a 401 asks for it, another error names the status.
+  async function fetchOk(path, accept) {
     const sent = token.get();
-    const headers = { accept: "application/json" };
+    const headers = { accept };
     if (sent) headers.authorization = "Bearer " + sent;
     // A loader that stops answering must not stall the polling for good.
     const signal = typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : undefined;
@@ -131,22 +132,16 @@
       const detail = await detailOf(response);
       throw new Error(path + " answered " + response.status + (detail ? ": " + detail : ""));
     }
-    return response.json();
+    return response;
   }
 
-  // The Prometheus text of /metrics (the same token rules as the JSON routes).
+  async function getJson(path) {
+    return (await fetchOk(path, "application/json")).json();
+  }
+
+  // The Prometheus text of /metrics.
   async function getText(path) {
-    const sent = token.get();
-    const headers = { accept: "text/plain" };
-    if (sent) headers.authorization = "Bearer " + sent;
-    const signal = typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : undefined;
-    const response = await fetch(path, { cache: "no-store", headers, signal });
-    if (response.status === 401) {
-      tokenRefusedBy(sent);
-      throw new TokenNeeded(path);
-    }
-    if (!response.ok) throw new Error(path + " answered " + response.status);
-    return response.text();
+    return (await fetchOk(path, "text/plain")).text();
   }
 
   // --- the token form --------------------------------------------------------
