@@ -620,4 +620,43 @@ mod tests {
         // (Paused time: the patience ran out, not the minute of a range.)
         assert!(started.elapsed() < Duration::from_secs(60));
     }
+
+    #[tokio::test]
+    async fn a_range_whose_declared_length_is_not_the_range_is_refused() {
+        let (store, data, first) = setup(3 * SEGMENT as usize).await;
+        // The right bytes, under a length that is one more than the range.
+        let misdeclaring: Arc<dyn ObjectStore> = Arc::new(Ranges(
+            store.clone(),
+            Box::new(|store, bucket, key, from, to| {
+                Box::pin(async move {
+                    let body = store.get_range(&bucket, &key, from, to, None).await?;
+                    Ok(ObjectBody {
+                        len: body.len + 1,
+                        ..body
+                    })
+                })
+            }),
+        ));
+        let mut body = parallel_body(
+            misdeclaring,
+            Folder::parse("models").unwrap(),
+            "m.big".into(),
+            first,
+            CdnReads {
+                segment: SEGMENT,
+                parallel: 2,
+            },
+        );
+        let mut got = Vec::new();
+        let error = loop {
+            match body.next().await {
+                Some(Ok(chunk)) => got.extend_from_slice(&chunk),
+                Some(Err(e)) => break e,
+                None => panic!("a range of the wrong declared length was taken"),
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(error.to_string().contains("for a range of"), "{error}");
+        assert_eq!(got, data[..SEGMENT as usize], "only the first segment");
+    }
 }
