@@ -287,3 +287,23 @@ async fn a_panicking_runtime_ends_the_unlock_in_error_and_a_retry_reaches_ready(
     let v = app.wait_unlock(&["error", "ready"]).await;
     assert_eq!(v["state"], "ready", "{v}");
 }
+
+#[tokio::test]
+async fn the_time_in_a_state_starts_again_at_each_change_of_state() {
+    let app = app_with_images(&[IMAGE]).await;
+    write_archive(&app, FRAGMENT, &[IMAGE], 100_000);
+    // A long idle time before the run.
+    app.clock.advance(std::time::Duration::from_secs(100));
+    let idle = app.wait_unlock(&["idle"]).await;
+    assert_eq!(idle["progress"]["phase_elapsed_ms"], 100_000);
+    app.runtime.hold_loads();
+    app.post_json("/unlock", creds()).await;
+    // The fake clock stands still: a state just entered has been so for 0 ms.
+    let running = app.wait_unlock(&["decrypting", "loading_images"]).await;
+    assert_eq!(running["progress"]["phase_elapsed_ms"], 0, "{running}");
+    app.clock.advance(std::time::Duration::from_secs(5));
+    let later = app.wait_unlock(&["decrypting", "loading_images"]).await;
+    assert_eq!(later["progress"]["phase_elapsed_ms"], 5_000, "{later}");
+    app.runtime.release_loads();
+    assert_eq!(app.wait_unlock(&["ready", "error"]).await["state"], "ready");
+}
