@@ -124,11 +124,6 @@ impl Readiness {
         }
     }
 
-    /// Where the login by itself stands.
-    pub fn auto_login(&self) -> AutoLoginState {
-        self.login.get()
-    }
-
     /// Logs in with `credentials` until it works, waiting as `backoff` says
     /// between attempts. Returns once logged in; stop it by dropping its task.
     pub async fn log_in_until_it_works(
