@@ -193,22 +193,23 @@ impl ResourceService {
         self.cache.usage().await
     }
 
-    /// Removes the cached big part of `folder/name`; false when there was none.
+    /// Removes the cached big part of `folder/name`: the entry removed, or
+    /// `None` when there was none.
     pub async fn remove_cached(
         &self,
         folder: &Folder,
         name: &ResourceName,
-    ) -> Result<bool, CacheError> {
-        let present = self
+    ) -> Result<Option<CachedEntry>, CacheError> {
+        let entry = self
             .cache
             .entries()
             .await?
-            .iter()
-            .any(|e| e.folder == folder.as_str() && e.name == name.as_str());
-        if present {
+            .into_iter()
+            .find(|e| e.folder == folder.as_str() && e.name == name.as_str());
+        if entry.is_some() {
             self.cache.remove(folder, name).await?;
         }
-        Ok(present)
+        Ok(entry)
     }
 
     /// Removes the entries last used before `unused_since`, then the least

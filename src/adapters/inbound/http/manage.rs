@@ -174,18 +174,13 @@ pub async fn remove_entry(
     })?;
     let folder = Folder::parse(&folder)?;
     let name = ResourceName::parse(&filename)?;
-    let before = state.resources.cache_entries().await?;
-    if !state.resources.remove_cached(&folder, &name).await? {
+    let Some(removed) = state.resources.remove_cached(&folder, &name).await? else {
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
             format!("the cache holds no big part of {folder}/{name}"),
         ));
-    }
-    let removed = before
-        .into_iter()
-        .filter(|e| e.folder == folder.as_str() && e.name == name.as_str())
-        .collect();
-    Ok(Json(removed_body(removed)))
+    };
+    Ok(Json(removed_body(vec![removed])))
 }
 
 /// Removes the entries unused for a while, and the least recently used
