@@ -2,10 +2,12 @@
 # The benchmark table of BENCHMARKS.md, in one command, on a fresh machine:
 # installs what it needs (openssl, curl, wrk, nginx-light; docker.io through
 # scripts/docker-daemon.sh), builds in release mode, starts the dev stack and
-# a private Docker daemon, runs scenarios P1-P9 with their baselines, prints
-# one table, and stops and removes everything it started.
+# a private Docker daemon, and moto (PyPI, in target/moto-venv: scripts/moto.sh),
+# runs scenarios P1-P10 with their baselines, prints one table, and stops and
+# removes everything it started.
 #
-#   scripts/bench.sh                   # everything (~5 min after the build)
+#   scripts/bench.sh                   # everything (~6 min after the build)
+#   scripts/bench.sh --s3 moto         # P3-P6, P8 against moto instead of the embedded s3s-fs
 #   scripts/bench.sh --only P3,P4      # some scenarios (P6 runs too: it uploads their data)
 #   scripts/bench.sh --markdown t.md   # also write the table to t.md
 #   BENCH_SKIP_DOCKER=1 scripts/bench.sh  # P7 printed as skipped
@@ -106,8 +108,12 @@ if [ -z "$docker_host" ]; then
     fi
 fi
 
+# moto: P10's S3 server, and that of the whole table with --s3 moto.
+moto_python="$(scripts/moto.sh)"
+
 # In the background, so that a signal to this script reaches the trap at once.
 python3 scripts/bench/run.py \
+    --moto-python "$moto_python" \
     --binary "$loader" \
     --throughput "$throughput" \
     --work "$work" \

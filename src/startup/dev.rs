@@ -35,6 +35,24 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
     pub docker_host: Option<String>,
     pub images: Vec<String>,
+    /// An S3 server to use instead of the embedded one (moto, MinIO): it must accept the
+    /// demo keys; the bucket is created there.
+    pub s3_endpoint: Option<String>,
+}
+
+/// The stack's S3 server: its own, or one given by URL.
+pub enum DevS3 {
+    Embedded(S3ServerHandle),
+    External(String),
+}
+
+impl DevS3 {
+    fn label_and_url(&self) -> (&'static str, String) {
+        match self {
+            Self::Embedded(s3) => ("S3 (s3s-fs)", s3.endpoint()),
+            Self::External(url) => ("S3 (external)", url.clone()),
+        }
+    }
 }
 
 /// The peers of a running stack; dropping it stops them.
@@ -49,24 +67,42 @@ fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-/// Starts the emulator and the S3 server with the demo data in `data_dir`.
+/// Starts the emulator and the embedded S3 server with the demo data in `data_dir`.
 pub async fn start_peers(
     data_dir: &Path,
 ) -> Result<(EmulatorHandle, S3ServerHandle, CdnConfig), String> {
-    let s3_root = data_dir.join("s3");
-    std::fs::create_dir_all(&s3_root).map_err(io_err("S3 data folder"))?;
-    let s3 = s3_server::start(S3ServerConfig {
-        root: s3_root,
-        credentials: vec![
-            ("dev-reader".into(), "dev-reader-secret".into()),
-            ("dev-writer".into(), "dev-writer-secret".into()),
-        ],
-    })
-    .await
-    .map_err(io_err("S3 server"))?;
-    s3.create_bucket(DEMO_FOLDER).map_err(io_err("S3 bucket"))?;
+    match start_peers_with(data_dir, None).await? {
+        (emulator, DevS3::Embedded(s3), cdn) => Ok((emulator, s3, cdn)),
+        (_, DevS3::External(_), _) => Err("no embedded S3 server".into()),
+    }
+}
+
+/// Starts the emulator, and the embedded S3 server unless `s3_endpoint` names one to
+/// use instead, with the demo data in `data_dir`.
+pub async fn start_peers_with(
+    data_dir: &Path,
+    s3_endpoint: Option<&str>,
+) -> Result<(EmulatorHandle, DevS3, CdnConfig), String> {
+    let s3 = match s3_endpoint {
+        Some(url) => DevS3::External(url.trim_end_matches('/').to_owned()),
+        None => {
+            let s3_root = data_dir.join("s3");
+            std::fs::create_dir_all(&s3_root).map_err(io_err("S3 data folder"))?;
+            let s3 = s3_server::start(S3ServerConfig {
+                root: s3_root,
+                credentials: vec![
+                    ("dev-reader".into(), "dev-reader-secret".into()),
+                    ("dev-writer".into(), "dev-writer-secret".into()),
+                ],
+            })
+            .await
+            .map_err(io_err("S3 server"))?;
+            s3.create_bucket(DEMO_FOLDER).map_err(io_err("S3 bucket"))?;
+            DevS3::Embedded(s3)
+        }
+    };
     let cdn = CdnConfig {
-        host: s3.endpoint(),
+        host: s3.label_and_url().1,
         region: "us-east-1".into(),
         downloader: S3Keys {
             access_key: "dev-reader".into(),
@@ -84,6 +120,9 @@ pub async fn start_peers(
     })
     .await
     .map_err(io_err("Resource API emulator"))?;
+    if let DevS3::External(_) = s3 {
+        crate::adapters::outbound::s3::ensure_bucket(&cdn, DEMO_FOLDER).await?;
+    }
     emulator.add_user(DEMO_EMAIL, DEMO_PASSWORD);
     seed_resource(
         &emulator,
@@ -148,7 +187,7 @@ pub async fn run(
         (None, None) => return Err("no data folder".into()),
     };
     std::fs::create_dir_all(&data_dir).map_err(io_err("data folder"))?;
-    let (emulator, s3, _cdn) = start_peers(&data_dir).await?;
+    let (emulator, s3, _cdn) = start_peers_with(&data_dir, options.s3_endpoint.as_deref()).await?;
 
     let mut config = Config::defaults();
     config.listen = options.listen.into();
@@ -172,10 +211,11 @@ pub async fn run(
 fn print_banner(
     addr: SocketAddr,
     emulator: &EmulatorHandle,
-    s3: &S3ServerHandle,
+    s3: &DevS3,
     data_dir: &Path,
     config: &Config,
 ) {
+    let (s3_label, s3_url) = s3.label_and_url();
     let base = format!("http://{addr}");
     println!(
         "Azaion Loader local stack is up (everything on 127.0.0.1, data in {}):",
@@ -183,7 +223,7 @@ fn print_banner(
     );
     println!("  loader               {base}");
     println!("  Resource API (emul.) {}", emulator.base_url());
-    println!("  S3 (s3s-fs)          {}", s3.endpoint());
+    println!("  {s3_label:<20} {s3_url}");
     println!("  demo user            {DEMO_EMAIL} / {DEMO_PASSWORD}");
     println!();
     println!("Try it (paste into another shell):");

@@ -37,7 +37,7 @@ fn body_stream(seed: u64, len: u64) -> reqwest::Body {
     reqwest::Body::wrap_stream(stream)
 }
 
-fn expected_digest(seed: u64, len: u64) -> [u8; 32] {
+pub(crate) fn expected_digest(seed: u64, len: u64) -> [u8; 32] {
     let mut h = Sha256::new();
     let chunks = len.div_ceil(CHUNK as u64);
     for i in 0..chunks {
@@ -47,7 +47,7 @@ fn expected_digest(seed: u64, len: u64) -> [u8; 32] {
     h.finalize().into()
 }
 
-async fn upload(loader: &Loader, name: &str, seed: u64, len: u64) {
+pub(crate) async fn upload(loader: &Loader, name: &str, seed: u64, len: u64) {
     let part = reqwest::multipart::Part::stream_with_length(body_stream(seed, len), len)
         .file_name(name.to_owned());
     let form = reqwest::multipart::Form::new()
@@ -68,7 +68,7 @@ async fn upload(loader: &Loader, name: &str, seed: u64, len: u64) {
     );
 }
 
-async fn download_digest(loader: &Loader, name: &str) -> ([u8; 32], u64) {
+pub(crate) async fn download_digest(loader: &Loader, name: &str) -> ([u8; 32], u64) {
     let r = loader
         .client
         .post(loader.url(&format!("/load/{name}")))

@@ -10,6 +10,7 @@ mod e2e;
 mod faults;
 mod integrity;
 mod load;
+mod moto;
 mod resource_api;
 mod s3;
 mod unlock;

@@ -339,6 +339,94 @@ async fn bodies_around_the_part_size_split_into_whole_parts() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_go_up_in_parallel_up_to_the_bound_and_join_in_order() {
+    let cdn = Cdn::start().await;
+    // Each part takes the server a second: an upload that sent one at a time would
+    // never have two in flight.
+    cdn.server.delay_upload_parts(Duration::from_secs(1));
+    let data = pattern(8 * 5 * MIB + 3, 17);
+    for parallel_parts in [1, 3] {
+        let store = cdn.store_with(S3Options {
+            part_size: 5 * MIB,
+            parallel_parts,
+            ..S3Options::default()
+        });
+        let key = format!("parallel-{parallel_parts}.big");
+        store
+            .put(&bucket(), &key, chunked(data.clone(), 1_000_003))
+            .await
+            .unwrap();
+        assert_eq!(
+            cdn.server.most_parts_at_once(),
+            parallel_parts,
+            "parts in flight at once with parallel_parts = {parallel_parts}"
+        );
+        let body = store.get(&bucket(), &key, 0).await.unwrap();
+        assert!(
+            read_all(body.stream).await.unwrap() == data,
+            "the parts join in their order"
+        );
+        assert!(
+            cdn.stored_etag(&key).ends_with("-9"),
+            "{}",
+            cdn.stored_etag(&key)
+        );
+    }
+    assert!(cdn.leftover_parts().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_part_ends_the_upload_aborts_the_parts_in_flight_and_leaves_no_object() {
+    let cdn = Cdn::start().await;
+    cdn.server.delay_upload_parts(Duration::from_millis(300));
+    cdn.server.refuse_upload_part(2);
+    let store = cdn.store_with(S3Options {
+        part_size: 5 * MIB,
+        parallel_parts: 3,
+        ..S3Options::default()
+    });
+    // 5 GiB, made as it is read: the test fails by reading it all.
+    let total = 1024 * 5 * MIB;
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = {
+        let read = read.clone();
+        futures::stream::iter(0..total / MIB).map(move |_| {
+            read.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed);
+            Ok(Bytes::from(vec![7u8; MIB]))
+        })
+    };
+
+    let err = store
+        .put(&bucket(), "refused.big", Box::pin(counted))
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(err, StoreError::Unexpected(_) | StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(
+        read.load(std::sync::atomic::Ordering::Relaxed) < total / 2,
+        "the body stops being read soon after a part is refused ({} bytes read)",
+        read.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let missing = store.get(&bucket(), "refused.big", 0).await.unwrap_err();
+    assert!(matches!(missing, StoreError::NoSuchKey(_)), "{missing:?}");
+    // The abort runs after the parts in flight are dropped.
+    for _ in 0..100 {
+        if cdn.leftover_parts().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cdn.leftover_parts().is_empty(),
+        "{:?}",
+        cdn.leftover_parts()
+    );
+}
+
 #[tokio::test]
 async fn a_failing_body_aborts_the_multipart_upload_and_leaves_no_object() {
     let cdn = Cdn::start().await;

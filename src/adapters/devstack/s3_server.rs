@@ -65,12 +65,25 @@ struct RangeMode {
     ranged: std::sync::atomic::AtomicU64,
 }
 
+/// What UploadPart calls see and suffer, for every request while set.
+#[derive(Debug, Default)]
+struct PartWatch {
+    /// UploadPart calls being served now, and the most at once so far.
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    /// Each UploadPart is answered only after this many milliseconds.
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// This part number is refused with a 500 (0: none).
+    refused: std::sync::atomic::AtomicI32,
+}
+
 /// A running server; dropping it shuts it down.
 pub struct S3ServerHandle {
     addr: SocketAddr,
     root: PathBuf,
     faults: Faults,
     ranges: Arc<RangeMode>,
+    parts: Arc<PartWatch>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -81,11 +94,13 @@ pub async fn start(config: S3ServerConfig) -> io::Result<S3ServerHandle> {
         .map_err(|e| io::Error::other(format!("cannot serve {}: {e:?}", root.display())))?;
     let faults: Faults = Arc::default();
     let ranges: Arc<RangeMode> = Arc::default();
+    let parts: Arc<PartWatch> = Arc::default();
     let store = CheckedBuckets {
         fs,
         root: root.clone(),
         faults: faults.clone(),
         ranges: ranges.clone(),
+        parts: parts.clone(),
         keys: KeyLocks::default(),
     };
 
@@ -130,6 +145,7 @@ pub async fn start(config: S3ServerConfig) -> io::Result<S3ServerHandle> {
         root,
         faults,
         ranges,
+        parts,
         shutdown,
     })
 }
@@ -189,6 +205,26 @@ impl S3ServerHandle {
             .store(bytes_per_sec, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// From now on every UploadPart is answered only after `pause`.
+    pub fn delay_upload_parts(&self, pause: Duration) {
+        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        self.parts
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// From now on an UploadPart of part `number` is refused with a 500.
+    pub fn refuse_upload_part(&self, number: i32) {
+        self.parts
+            .refused
+            .store(number, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The most UploadPart calls served at once so far.
+    pub fn most_parts_at_once(&self) -> usize {
+        self.parts.most.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many ranged GETs the server has received.
     pub fn ranged_gets(&self) -> u64 {
         self.ranges
@@ -230,6 +266,7 @@ struct CheckedBuckets {
     root: PathBuf,
     faults: Faults,
     ranges: Arc<RangeMode>,
+    parts: Arc<PartWatch>,
     keys: KeyLocks,
 }
 
@@ -322,7 +359,28 @@ impl S3 for CheckedBuckets {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        self.fs.upload_part(req).await
+        use std::sync::atomic::Ordering::Relaxed;
+        /// Counts a call out also when its connection drops mid-way.
+        struct Serving<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Serving<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Relaxed);
+            }
+        }
+        let watch = &self.parts;
+        let now = watch.now.fetch_add(1, Relaxed) + 1;
+        let _serving = Serving(&watch.now);
+        watch.most.fetch_max(now, Relaxed);
+        let delay = watch.delay_ms.load(Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let answer = if watch.refused.load(Relaxed) == req.input.part_number {
+            Err(s3_error!(InternalError, "part refused for a test"))
+        } else {
+            self.fs.upload_part(req).await
+        };
+        answer
     }
 
     async fn list_parts(

@@ -156,6 +156,10 @@ pub enum Command {
         /// Expected images, comma-separated.
         #[arg(long, env = "LOADER_IMAGES", default_value = "")]
         images: String,
+        /// Use this S3 server (e.g. moto: `python3 -m moto.server`) instead of the
+        /// embedded one; it must accept the demo keys. The bucket `models` is created there.
+        #[arg(long, value_name = "URL")]
+        s3_endpoint: Option<String>,
     },
     /// Encrypt a file with a key string (docs/PROTOCOL.md §1.2), streaming.
     #[command(after_help = ENCRYPT_EXAMPLES)]
@@ -563,12 +567,14 @@ async fn dispatch(command: Command, mode: ProgressMode) -> Result<(), CliError> 
             data_dir,
             docker_host,
             images,
+            s3_endpoint,
         } => dev::run(
             dev::DevOptions {
                 listen,
                 data_dir,
                 docker_host,
                 images: parse_image_list(&images),
+                s3_endpoint,
             },
             shutdown_signal(),
         )

@@ -1,6 +1,7 @@
 //! The CDN over the S3 protocol (PROTOCOL §3) with aws-sdk-s3: downloader keys for reads,
-//! uploader keys for writes, bodies streamed both ways. It never creates a bucket and never
-//! puts a secret into an error or a log line.
+//! uploader keys for writes, bodies streamed both ways. It never puts a secret into an error
+//! or a log line, and the loader never creates a bucket (only the local stack does, with
+//! [`ensure_bucket`], on an S3 server of its own).
 //!
 //! Here: the options, the [`S3Connector`] and the SDK client it configures. In `store` the
 //! `ObjectStore` calls (get, ranged get, put), in `body` the turning of an SDK body into the
@@ -41,8 +42,11 @@ pub struct S3Options {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Bodies shorter than this go up as one PutObject, longer ones as a multipart upload
-    /// in parts of this size (at most two parts are held in memory). At least 5 MiB.
+    /// in parts of this size. At least 5 MiB.
     pub part_size: usize,
+    /// Parts of a multipart upload in flight at once (at least 1); with the part being
+    /// read, an upload holds at most `(parallel_parts + 1) * part_size` bytes.
+    pub parallel_parts: usize,
 }
 
 impl Default for S3Options {
@@ -51,6 +55,7 @@ impl Default for S3Options {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             part_size: 8 * 1024 * 1024,
+            parallel_parts: 4,
         }
     }
 }
@@ -92,6 +97,31 @@ impl ObjectStoreConnector for S3Connector {
             &self.options,
             self.http.clone(),
         )))
+    }
+}
+
+/// Creates `bucket` with the uploader's keys unless it exists: for the local stack
+/// (`dev --s3-endpoint`) on an S3 server of its own, never for a CDN.
+#[cfg(feature = "dev-stack")]
+pub async fn ensure_bucket(cdn: &CdnConfig, bucket: &str) -> Result<(), String> {
+    let options = S3Options::default();
+    let http = S3Connector::new(options.clone()).http;
+    let client = build_client(cdn, &cdn.uploader, &options, http);
+    match client.create_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            let code = err
+                .as_service_error()
+                .and_then(|e| aws_sdk_s3::error::ProvideErrorMetadata::code(e).map(str::to_owned));
+            match code.as_deref() {
+                Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists") => Ok(()),
+                _ => Err(format!(
+                    "creating the bucket {bucket} at {}: {}",
+                    cdn.host,
+                    aws_sdk_s3::error::DisplayErrorContext(&err)
+                )),
+            }
+        }
     }
 }
 

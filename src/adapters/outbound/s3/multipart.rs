@@ -1,6 +1,6 @@
 //! A long body goes up as an S3 multipart upload: [`PartReader`] cuts the stream into
-//! parts, part N is uploaded while part N+1 is read, and an upload that fails or is
-//! dropped half way is aborted.
+//! parts, up to `parallel_parts` of them go up at once while the next is read, and an
+//! upload that fails or is dropped half way is aborted (its parts in flight with it).
 
 use std::io;
 
@@ -66,7 +66,11 @@ impl S3ObjectStore {
         }
     }
 
-    /// Uploads part N while reading part N+1 from the body, then completes the upload.
+    /// Uploads up to `parallel_parts` parts at once, each in a task of its own (so its
+    /// signing hash runs beside the encryption that makes the next part), while the next
+    /// part is read from the body; then completes the upload. At most
+    /// `parallel_parts + 1` parts are held in memory. The first part to fail ends the
+    /// upload; the parts still in flight are aborted with it.
     async fn upload_parts(
         &self,
         bucket: &Folder,
@@ -76,6 +80,7 @@ impl S3ObjectStore {
         parts: &mut PartReader,
     ) -> Result<(), StoreError> {
         let mut completed = Vec::new();
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut part = first;
         let mut last = false;
         let mut number: i32 = 1;
@@ -86,14 +91,25 @@ impl S3ObjectStore {
                     self.part_size
                 )));
             }
-            let upload = self.upload_part(bucket, key, upload_id, number, part);
+            while in_flight.len() >= self.parallel_parts {
+                completed.push(joined(in_flight.join_next().await)?);
+            }
+            in_flight.spawn(upload_part(
+                self.uploader.clone(),
+                bucket.clone(),
+                key.to_owned(),
+                upload_id.to_owned(),
+                number,
+                part,
+            ));
+            // A part that failed meanwhile ends the upload before more of the body is read.
+            while let Some(done) = in_flight.try_join_next() {
+                completed.push(joined(Some(done))?);
+            }
             if last {
-                completed.push(upload.await?);
                 break;
             }
-            let (uploaded, next) = tokio::join!(upload, parts.next_part());
-            completed.push(uploaded?);
-            let (next_part, next_last) = next.map_err(body_failed)?;
+            let (next_part, next_last) = parts.next_part().await.map_err(body_failed)?;
             if next_part.is_empty() {
                 break;
             }
@@ -101,6 +117,10 @@ impl S3ObjectStore {
             last = next_last;
             number += 1;
         }
+        while let Some(done) = in_flight.join_next().await {
+            completed.push(joined(Some(done))?);
+        }
+        completed.sort_by_key(|p: &CompletedPart| p.part_number());
         self.uploader
             .complete_multipart_upload()
             .bucket(bucket.as_str())
@@ -116,32 +136,42 @@ impl S3ObjectStore {
             .map_err(|err| Failure::from_sdk(err).into_store_error(Op::Put, bucket, key))?;
         Ok(())
     }
+}
 
-    async fn upload_part(
-        &self,
-        bucket: &Folder,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<CompletedPart, StoreError> {
-        let output = self
-            .uploader
-            .upload_part()
-            .bucket(bucket.as_str())
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .content_length(len_i64(body.len()))
-            .body(SdkByteStream::from(body))
-            .send()
-            .await
-            .map_err(|err| Failure::from_sdk(err).into_store_error(Op::Put, bucket, key))?;
-        Ok(CompletedPart::builder()
-            .part_number(number)
-            .set_e_tag(output.e_tag().map(str::to_owned))
-            .build())
+/// The outcome of a part's task.
+fn joined(
+    done: Option<Result<Result<CompletedPart, StoreError>, tokio::task::JoinError>>,
+) -> Result<CompletedPart, StoreError> {
+    match done {
+        Some(Ok(part)) => part,
+        Some(Err(e)) => Err(StoreError::Unexpected(format!("a part upload ended: {e}"))),
+        None => Err(StoreError::Unexpected("no part upload in flight".into())),
     }
+}
+
+async fn upload_part(
+    client: Client,
+    bucket: Folder,
+    key: String,
+    upload_id: String,
+    number: i32,
+    body: Bytes,
+) -> Result<CompletedPart, StoreError> {
+    let output = client
+        .upload_part()
+        .bucket(bucket.as_str())
+        .key(&key)
+        .upload_id(upload_id)
+        .part_number(number)
+        .content_length(len_i64(body.len()))
+        .body(SdkByteStream::from(body))
+        .send()
+        .await
+        .map_err(|err| Failure::from_sdk(err).into_store_error(Op::Put, &bucket, &key))?;
+    Ok(CompletedPart::builder()
+        .part_number(number)
+        .set_e_tag(output.e_tag().map(str::to_owned))
+        .build())
 }
 
 /// Cuts a stream of unknown length into parts of `part_size` bytes, telling which is last.

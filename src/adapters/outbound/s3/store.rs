@@ -26,6 +26,7 @@ pub struct S3ObjectStore {
     downloader: Client,
     pub(super) uploader: Client,
     pub(super) part_size: usize,
+    pub(super) parallel_parts: usize,
     read_timeout: Duration,
 }
 
@@ -33,6 +34,7 @@ impl fmt::Debug for S3ObjectStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3ObjectStore")
             .field("part_size", &self.part_size)
+            .field("parallel_parts", &self.parallel_parts)
             .finish_non_exhaustive()
     }
 }
@@ -43,6 +45,7 @@ impl S3ObjectStore {
             downloader: build_client(cdn, &cdn.downloader, options, http.clone()),
             uploader: build_client(cdn, &cdn.uploader, options, http),
             part_size: options.part_size.max(MIN_PART_SIZE),
+            parallel_parts: options.parallel_parts.max(1),
             read_timeout: options.read_timeout,
         }
     }
