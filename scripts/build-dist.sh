@@ -14,9 +14,8 @@
 # stack) linked by `cargo zigbuild` against glibc 2.17's symbols, so they run
 # on any glibc from 2.17 on: JetPack 5 (Ubuntu 20.04, glibc 2.31), JetPack 6
 # (22.04, 2.35) and every supported Debian/Ubuntu x86_64. Chosen over static
-# musl because Debian has no aarch64 musl cross compiler for ring's C code,
-# and musl has no mallopt (the loader sets glibc's mmap threshold: README,
-# "Performance") and a slower allocator.
+# musl because Debian has no aarch64 musl cross compiler for ring's C code.
+# The allocator is mimalloc (C, built by the same zig cc) on both.
 #
 # Checks each binary: no glibc symbol newer than 2.31 (objdump -T), and the
 # hardware AES instructions in it (aesenc/aesdec on x86_64; aese/aesd on

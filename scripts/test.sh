@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, setting up what it needs on a fresh machine:
 # a private Docker daemon for the Docker tests (Debian's docker.io is
-# installed when no dockerd is on PATH). Where no daemon can be had, the
-# Docker tests skip with a printed reason - unless CI=true or
-# AZAION_REQUIRE_DOCKER=1, where they must run.
+# installed when no dockerd is on PATH), and moto from PyPI (a second S3
+# server, in target/moto-venv). Where no daemon or no moto can be had, their
+# tests skip with a printed reason - unless CI=true (or AZAION_REQUIRE_DOCKER=1,
+# AZAION_REQUIRE_MOTO=1), where they must run.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh api        # extra arguments go to `cargo test` (a filter, --test api, ...)
@@ -12,6 +13,15 @@ cd "$(dirname "$0")/.."
 
 if [ "${CI:-}" = "true" ]; then
     export AZAION_REQUIRE_DOCKER=1
+    export AZAION_REQUIRE_MOTO=1
+fi
+
+if [ -z "${AZAION_MOTO_PYTHON:-}" ]; then
+    if moto_python="$(scripts/moto.sh)"; then
+        export AZAION_MOTO_PYTHON="$moto_python"
+    else
+        echo "test.sh: moto could not be installed; the moto tests will skip (or fail where required)" >&2
+    fi
 fi
 
 docker_dir=""

@@ -581,7 +581,7 @@ class Bench:
             stop(nginx)
         figure = self.args.big / seconds / 1e6
         self.mbps["load_cache"] = figure
-        self.table.ratio_row(f"P3 /load {self.size_label}, cache", figure, self.args.big / base_seconds / 1e6, "MB/s", "nginx", 0.5)
+        self.table.ratio_row(f"P3 /load {self.size_label}, cache", figure, self.args.big / base_seconds / 1e6, "MB/s", "nginx", 0.8)
         self.table.peak_row("P3 /load peak RSS", peak, 64)
 
     # P4 ----------------------------------------------------------------------------

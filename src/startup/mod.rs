@@ -2,6 +2,7 @@
 //! ports, and the [`Application`] that binds a listener and serves the HTTP
 //! adapter. The only layer that names concrete adapters.
 
+pub mod allocator;
 pub mod cli;
 pub mod compose;
 pub mod config;

@@ -513,21 +513,6 @@ fn harden_process() {
     }
 }
 
-/// Buffers of 256 KiB and more (CDN segments, cache batches, upload parts)
-/// come from `mmap` and go back to the system when freed. glibc's default
-/// raises this threshold after the first such buffer is freed, so later ones
-/// stay in per-thread arenas that keep what they once held: the peak RSS of
-/// a 256 MiB load was 73 MiB with the default and 57 MiB with this (debug
-/// build, `tests/real/e2e.rs`), and 94 MiB against 61 MiB for uploads.
-fn pin_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a malloc tunable; called before any
-    // thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-    }
-}
-
 /// §5.3: the password travels to the Resource API, so `http://` is allowed
 /// only to a loopback host unless the operator says otherwise.
 pub fn check_resource_api_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
@@ -635,7 +620,6 @@ fn man_pages(dir: Option<PathBuf>) -> Result<(), CliError> {
 
 /// Runs a parsed command line to its exit code; errors go to stderr.
 pub fn run(cli: Cli) -> ExitCode {
-    pin_mmap_threshold();
     init_logging(cli.log_json, cli.command.default_log_filter());
     let mode = ProgressMode::detect(cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
