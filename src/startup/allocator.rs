@@ -20,29 +20,29 @@ pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// RSS of 87 MiB for a 1 GiB load from S3, 57 MiB with 10 ms and 44 MiB with
 /// 0, at the same throughput (BENCHMARKS.md, "The allocator"); blocks are
 /// still reused within their pages at once.
-pub const PURGE_DELAY_MS: i64 = 0;
+pub const PURGE_DELAY_MS: std::ffi::c_long = 0;
 
 /// Sets mimalloc's purge delay unless the environment sets it.
 pub fn tune() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: stores one of mimalloc's options; no pointer is involved.
         unsafe {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS as _);
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
         }
     }
 }
 
 /// mimalloc's purge delay in milliseconds, as it is now.
-pub fn purge_delay_ms() -> i64 {
+pub fn purge_delay_ms() -> std::ffi::c_long {
     // SAFETY: reads one of mimalloc's options; no pointer is involved.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) })
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
 
 /// mimalloc's arena eager-commit option as built (or as the environment's
 /// `MIMALLOC_ARENA_EAGER_COMMIT` sets it).
-pub fn arena_eager_commit() -> i64 {
+pub fn arena_eager_commit() -> std::ffi::c_long {
     // SAFETY: reads one of mimalloc's options; no pointer is involved.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) })
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) }
 }
 
 #[cfg(test)]

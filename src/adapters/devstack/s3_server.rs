@@ -375,12 +375,11 @@ impl S3 for CheckedBuckets {
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        let answer = if watch.refused.load(Relaxed) == req.input.part_number {
+        if watch.refused.load(Relaxed) == req.input.part_number {
             Err(s3_error!(InternalError, "part refused for a test"))
         } else {
             self.fs.upload_part(req).await
-        };
-        answer
+        }
     }
 
     async fn list_parts(
